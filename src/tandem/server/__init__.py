@@ -1,0 +1,1 @@
+"""One server process: ports, lifecycle, supervisor."""

@@ -1,0 +1,222 @@
+"""One `tandem server` process: its two ports, its store, its HA controller.
+
+Lifecycle: take the profile's pid lock, open the HA port (always open),
+start the controller (which decides when the client port opens), then wait
+for SIGTERM/SIGINT. Shutdown is graceful: the controller stops serving
+first (client port refuses at once, in-flight requests drain), then the HA
+port closes and the store is closed. A second signal forces exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+from tandem.config.model import Profile
+from tandem.errors import ServerError
+from tandem.ha.base import Controller
+from tandem.server.httpmini import MiniHTTPServer, Request, Response
+from tandem.server.pidlock import PidLock
+from tandem.server.service import ClientService, make_client_service
+from tandem.store import Store, open_store
+
+log = logging.getLogger("tandem.server")
+
+
+def make_controller(server: ServerProcess) -> Controller:
+    if server.profile.ha.Type == "none":
+        from tandem.ha.standalone import StandaloneController
+
+        return StandaloneController(server)
+    try:
+        from tandem.ha.controller import make_ha_controller
+    except ImportError as exc:
+        raise ServerError(f"HA type {server.profile.ha.Type!r} is not available in this build") from exc
+    return make_ha_controller(server)
+
+
+class ServerProcess:
+    def __init__(self, profile: Profile, db_location: str | None = None) -> None:
+        self.profile = profile
+        self.db_location = db_location or profile.db_path
+        self.store: Store | None = None
+        self.started_at = time.time()
+        self.stopping = asyncio.Event()
+        self.http = MiniHTTPServer(request_timeout=60.0)
+        self.client: ClientService = make_client_service(self)
+        self.controller: Controller = make_controller(self)
+        self.pidlock = PidLock(profile.run_dir / "server.pid")
+        self._signals = 0
+        self.metric_sources: list[Any] = []  # callables returning extra Prometheus text
+        self.registry = CollectorRegistry()
+        self._g_serving = Gauge("tandem_serving", "1 while this server serves clients", registry=self.registry)
+        self._g_epoch = Gauge("tandem_ha_epoch", "current HA epoch", registry=self.registry)
+        self._g_lsn = Gauge("tandem_store_lsn", "last change in the store", registry=self.registry)
+        self._g_state = Gauge("tandem_ha_state", "1 for the current HA state", ["state"], registry=self.registry)
+
+    def __repr__(self) -> str:
+        st = self.controller.status()
+        return (f"<ServerProcess {self.profile.name} mode={self.profile.mode} state={st.get('state')} "
+                f"epoch={st.get('epoch')} serving={self.controller.serving}>")
+
+    # ---- ServerOps (what the HA controller may ask) ----
+    @property
+    def client_open(self) -> bool:
+        return self.client.serving
+
+    def open_store(self) -> Store:
+        if self.store is None:
+            self.store = open_store(self.db_location)
+        return self.store
+
+    def close_store(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    async def activate(self) -> None:
+        if not self.client.serving:
+            await self.client.start()
+
+    async def deactivate(self, drain_timeout: float) -> None:
+        if self.client.serving:
+            await self.client.stop(drain_timeout)
+
+    def console(self, line: str) -> None:
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        print(f"{stamp} {line}", flush=True)
+
+    # ---- HA port ----
+    def status(self) -> dict[str, Any]:
+        st = self.controller.status()
+        since = st.get("since") or self.started_at
+        return {
+            "server": self.profile.server.Name or self.profile.name,
+            "profile": self.profile.name,
+            "mode": self.profile.mode,
+            "type": st.get("type", self.profile.ha.Type),
+            "role": st.get("role", self.profile.ha.Role),
+            "state": st.get("state"),
+            "serving": self.controller.serving,
+            "epoch": st.get("epoch", 0),
+            "lsn": self.store.last_lsn() if self.store is not None else st.get("lsn"),
+            "peer": st.get("peer", {}),
+            "lock": st.get("lock", {}),
+            "isolated": st.get("isolated", False),
+            "since": datetime.fromtimestamp(since, UTC).isoformat(),
+            "pid": os.getpid(),
+            "client_url": self.profile.client_url,
+            **{k: v for k, v in st.items() if k not in {"type", "role", "state", "epoch", "peer", "lock",
+                                                         "isolated", "since", "lsn"}},
+        }
+
+    async def _h_status(self, req: Request) -> Response:
+        return Response.json(self.status())
+
+    async def _h_active(self, req: Request) -> Response:
+        if self.controller.serving:
+            return Response.json({"active": True, "state": self.controller.status().get("state")})
+        return Response.json({"active": False, "state": self.controller.status().get("state")}, 503)
+
+    async def _h_metrics(self, req: Request) -> Response:
+        st = self.status()
+        self._g_serving.set(1 if st["serving"] else 0)
+        self._g_epoch.set(st["epoch"] or 0)
+        self._g_lsn.set(st["lsn"] or 0)
+        self._g_state.clear()
+        self._g_state.labels(state=str(st["state"])).set(1)
+        extra = b""
+        for collect in self.metric_sources:
+            extra += collect()
+        return Response(200, generate_latest(self.registry) + extra, "text/plain; version=0.0.4")
+
+    # ---- lifecycle ----
+    def _on_signal(self, signame: str) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            self.console(f"SERVER  {signame} received: stopping (send again to force)")
+            self.stopping.set()
+        else:
+            self.console(f"SERVER  {signame} received again: forcing exit")
+            os._exit(1)
+
+    async def _watchdog_reporter(self) -> None:
+        """Tell the supervisor we are alive, from the event loop itself: a stalled
+        loop or a stopped process stops these writes, and the supervisor kills us."""
+        fd_text = os.environ.get("TANDEM_WATCHDOG_FD")
+        if not fd_text:
+            return
+        fd = int(fd_text)
+        interval = self.profile.ha.WatchdogTimeout / 1000 / 5
+        while True:
+            if self.controller.healthy():
+                try:
+                    os.write(fd, b".")
+                except (BlockingIOError, BrokenPipeError):
+                    pass
+            await asyncio.sleep(interval)
+
+    async def run(self) -> int:
+        self.pidlock.acquire(self.profile.name)
+        loop = asyncio.get_running_loop()
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            for signame in ("SIGTERM", "SIGINT"):
+                loop.add_signal_handler(getattr(signal, signame), self._on_signal, signame)
+            self.http.route("GET", "/ha/status", self._h_status)
+            self.http.route("GET", "/ha/active", self._h_active)
+            self.http.route("GET", "/metrics", self._h_metrics)
+            for (method, path), handler in self.controller.routes().items():
+                self.http.route(method, path, handler)
+            srv = self.profile.server
+            try:
+                await self.http.start(srv.HAAddress, srv.HAPort)
+            except OSError as exc:
+                raise ServerError(f"{self.profile.name}: cannot open HA port {srv.HAAddress}:{srv.HAPort}: "
+                                  f"{exc.strerror or exc}") from exc
+            tasks.append(loop.create_task(self._watchdog_reporter()))
+            self.console(f"SERVER  {self.profile.name} ({self.profile.mode}) pid={os.getpid()} "
+                         f"status {self.profile.ha_url}/ha/status  client {self.profile.client_url}")
+            await self.controller.start()
+            await self.stopping.wait()
+            await self.controller.stop()
+            await self.deactivate(drain_timeout=5.0)
+            return 0
+        finally:
+            for t in tasks:
+                t.cancel()
+            await self.http.close()
+            self.close_store()
+            self.pidlock.release()
+            self.console(f"SERVER  {self.profile.name} stopped")
+
+
+def run_server(profile: Profile, db_location: str | None = None) -> int:
+    """Run a server in the foreground until signalled; returns the exit code."""
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:  # pragma: no cover
+        runner = asyncio.run
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+    async def main() -> int:
+        server = ServerProcess(profile, db_location)
+        return await server.run()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        return int(runner(main()))
+    return 0

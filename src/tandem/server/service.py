@@ -1,0 +1,129 @@
+"""Client-facing services: what a server opens on its client port while it serves.
+
+The HA controller decides; the server calls `start()` on activation and
+`stop()` on deactivation. `stop()` first stops accepting (the port refuses
+connections at once, so clients move to the peer), then drains in-flight
+requests up to a deadline, then cuts the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tandem.server.process import ServerProcess
+
+log = logging.getLogger("tandem.server")
+
+
+def listen_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+class ClientService(ABC):
+    """The client port of one server. `serving` is true between start() and stop()."""
+
+    serving = False
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Open the client port; raise on failure (the port stays closed)."""
+
+    @abstractmethod
+    async def stop(self, drain_timeout: float) -> None:
+        """Stop accepting now, drain up to `drain_timeout` s, then close everything."""
+
+
+class ASGIService(ClientService):
+    """An ASGI app (the AMS admin API) under uvicorn, on a socket we own so that
+    closing the port is immediate rather than at uvicorn's next 100 ms tick."""
+
+    def __init__(self, app: Any, host: str, port: int) -> None:
+        self.app, self.host, self.port = app, host, port
+        self._server: Any = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        import uvicorn
+
+        sock = listen_socket(self.host, self.port)
+        config = uvicorn.Config(self.app, lifespan="off", log_level="warning", access_log=False,
+                                timeout_graceful_shutdown=5, loop="none", http="httptools")
+        self._server = uvicorn.Server(config)
+        self._server.install_signal_handlers = lambda: None  # the server process owns signals
+        self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]))
+        deadline = asyncio.get_running_loop().time() + 5
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+                raise RuntimeError("client service exited during start")
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError("client service did not start within 5 s")
+            await asyncio.sleep(0.005)
+        self.serving = True
+
+    async def stop(self, drain_timeout: float) -> None:
+        self.serving = False
+        server, task = self._server, self._task
+        if server is None or task is None:
+            return
+        for s in getattr(server, "servers", []):
+            s.close()  # refuse new connections now
+        server.should_exit = True
+        try:
+            await asyncio.wait_for(asyncio.shield(task), drain_timeout)
+        except TimeoutError:
+            server.force_exit = True
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._server = self._task = None
+
+
+class NotFoundService(ClientService):
+    """Placeholder data plane: the port opens and every request gets a JSON 404."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.http: Any = None
+
+    async def start(self) -> None:
+        from tandem.server.httpmini import MiniHTTPServer, Request, Response
+
+        async def no_route(req: Request) -> Response:
+            return Response.json({"code": "no_route", "message": f"no API project serves {req.path}"}, 404)
+
+        self.http = MiniHTTPServer()
+        for method in ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"):
+            self.http.route(method, "/*", no_route)
+        await self.http.start(self.host, self.port)
+        self.serving = True
+
+    async def stop(self, drain_timeout: float) -> None:
+        self.serving = False
+        if self.http is not None:
+            await self.http.close()
+            self.http = None
+
+
+def make_client_service(server: ServerProcess) -> ClientService:
+    """The service for this server's mode; AMS and AGS modules plug in here."""
+    prof = server.profile
+    if prof.mode == "AMS":
+        from tandem.ams.app import create_app
+
+        return ASGIService(create_app(server), prof.server.ClientAddress, prof.server.ClientPort)
+    return NotFoundService(prof.server.ClientAddress, prof.server.ClientPort)
