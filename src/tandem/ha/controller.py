@@ -1,0 +1,430 @@
+"""The HA loop: observe -> decide -> act, one `run_cycle()` at a fixed pace.
+
+Beside the cycle, three fixed-pace loops feed observations: lock
+verification (holder only), heartbeats to the peer, and the isolation probe.
+Every I/O has a hard timeout shorter than what it protects. The cycle itself
+does no I/O except the actions it decides, performed in order and shielded
+from cancellation: "stop serving first, then release" is never half-done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+from tandem.errors import AuthError, LockError, PeerError, StoreError, TandemError
+from tandem.ha.backchannel import AUTH_HEADER, PeerClient, PeerView, sign, verify
+from tandem.ha.base import Controller, ServerOps
+from tandem.ha.decide import Action, Observations, decide
+from tandem.ha.lockfile import LockFile, check_lockfile
+from tandem.ha.probe import Probe
+from tandem.ha.replication import NoReplication, Replication
+from tandem.ha.states import HOLDING, PEER_DEAD, SERVING, State, check_transition
+from tandem.server.httpmini import Request, Response
+
+log = logging.getLogger("tandem.ha")
+
+HOLD_OFF_AFTER_STEP_DOWN = 1.0
+HOLD_OFF_AFTER_SWITCHOVER = 5.0
+
+
+def preflight(ops_profile: Any) -> None:
+    """Checks that must fail the start with exit 2 (rule 8)."""
+    ha = ops_profile.ha
+    if ha.Type != "none":
+        check_lockfile(ha.LockFile)
+
+
+class HAController(Controller):
+    def __init__(self, ops: ServerOps, replication: Replication | None = None) -> None:
+        super().__init__(ops)
+        prof = ops.profile
+        ha = self.cfg = prof.ha
+        preflight(prof)
+        self.mode = ha.Type
+        self.name = prof.server.Name or prof.name
+        self.state = State.STARTING
+        self.since = time.time()
+        self.lock = LockFile(ha.LockFile, self.name, ha.LockIOTimeout / 1000)
+        self.probe = Probe(ha.GatewayServerIPAddress, ha.GatewayServerPort, ha.ProbeTimeout / 1000,
+                           ha.ProbeFailures)
+        self.peer = PeerView()
+        self.peer_client = PeerClient(ha.BackupHAIPAddress, ha.BackupHAPort, ha.PairSecret,
+                                      ha.HeartbeatInterval / 1000)
+        self.replication = replication or NoReplication()
+        self.fence = (ha.LockVerifyInterval + ha.LockIOTimeout) / 1000
+        self.tick = max(0.01, min(ha.LockRetryInterval, ha.LockVerifyInterval, ha.HeartbeatInterval) / 2000)
+        self.epoch = 0  # highest epoch known; never goes backwards
+        self.claimed = False
+        self.last_verified = float("-inf")
+        self.lock_lost = False
+        self.acquired_at: float | None = None
+        self.skip_takeover_wait = False
+        self.next_attempt = 0.0
+        self.hold_off_until = 0.0
+        self.hold_off_reason = ""
+        self.forced = False
+        self.handover_epoch: int | None = None
+        self.last_cycle = time.monotonic()
+        self.last_reason = ""
+        self.peer_error = ""
+        self.wake = asyncio.Event()
+        self.cycle_lock = asyncio.Lock()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def __repr__(self) -> str:
+        return (f"<HAController {self.name} {self.mode}/{self.cfg.Role} state={self.state} epoch={self.epoch} "
+                f"lock={'held' if self.lock.held else 'free'} peer={self.peer_state()} "
+                f"isolated={self.probe.isolated}>")
+
+    # ---- observations ----
+    def peer_alive(self) -> bool:
+        return time.monotonic() - self.peer.heard_at <= self.cfg.peer_dead_after / 1000
+
+    def peer_state(self) -> str:
+        return (self.peer.state or "?") if self.peer_alive() else PEER_DEAD
+
+    def lock_fresh(self) -> bool:
+        return self.lock.held and self.claimed and time.monotonic() - self.last_verified <= self.fence
+
+    def may_activate(self) -> bool:
+        if self.mode == "shared" or self.forced:
+            return True
+        rec = self.lock.record
+        return rec.epoch == 0 or self.name in rec.in_sync or (not rec.in_sync and rec.holder == self.name)
+
+    def observe(self) -> Observations:
+        now = time.monotonic()
+        took = self.acquired_at
+        return Observations(
+            mode=self.mode, state=self.state, holds_lock=self.lock.held, lock_fresh=self.lock_fresh(),
+            lock_lost=self.lock_lost,
+            takeover_elapsed=took is not None and (self.skip_takeover_wait
+                                                   or now - took >= self.cfg.TakeoverWait / 1000),
+            client_open=self.ops.client_open, peer_alive=self.peer_alive(), isolated=self.probe.isolated,
+            may_activate=self.may_activate(),
+            hold_off=self.hold_off_reason if now < self.hold_off_until else None,
+            retry_due=now >= self.next_attempt,
+            passive_syncing=self.replication.passive_syncing(), peer_syncing=self.replication.peer_syncing(),
+            peer_serving_higher_epoch=(self.peer_alive() and self.peer.serving
+                                       and self.peer.epoch > self.lock.record.epoch and self.claimed),
+            store_open=self.ops.store is not None)
+
+    @property
+    def serving(self) -> bool:
+        """Rule 1: serving state, lock held and verified within the self-fence deadline, port open."""
+        return self.state in SERVING and self.lock_fresh() and self.ops.client_open
+
+    def healthy(self) -> bool:
+        return time.monotonic() - self.last_cycle < max(0.5, self.cfg.WatchdogTimeout / 2000)
+
+    # ---- the cycle ----
+    async def run_cycle(self) -> str:
+        async with self.cycle_lock:
+            d = decide(self.observe())
+            for action in d.actions:
+                await asyncio.shield(self._act(action))
+                if action in (Action.CLAIM, Action.OPEN_STORE, Action.OPEN_CLIENT) and not self.lock.held:
+                    break  # the action failed and stepped down; the next cycle decides again
+            if d.state != self.state and (self.lock.held or d.state not in HOLDING):
+                self._set_state(d.state, d.reason)
+            self.last_cycle = time.monotonic()
+            self.last_reason = d.reason
+            return d.reason
+
+    def _set_state(self, new: State, reason: str) -> None:
+        check_transition(self.mode, self.state, new)
+        old, self.state, self.since = self.state, new, time.time()
+        self.ops.console(f"HA  {old} -> {new}  epoch={self.epoch}  reason={reason}")
+        asyncio.get_running_loop().create_task(self.replication.on_state(str(new), self.epoch))
+
+    def _hold_off(self, seconds: float, reason: str) -> None:
+        self.hold_off_until = time.monotonic() + seconds
+        self.hold_off_reason = reason
+
+    async def _act(self, action: Action) -> None:
+        if action is Action.TRY_ACQUIRE:
+            self.next_attempt = time.monotonic() + self.cfg.LockRetryInterval / 1000
+            try:
+                await self.lock.try_lock()
+            except (TimeoutError, OSError, LockError) as exc:
+                log.warning("lock attempt on %s failed: %s", self.lock.path, exc or type(exc).__name__)
+            self.epoch = max(self.epoch, self.lock.record.epoch)
+        elif action is Action.CLAIM:
+            await self._claim()
+        elif action is Action.OPEN_STORE:
+            try:
+                self.ops.open_store()
+                assert self.ops.store is not None
+                self.ops.store.set_epoch(self.lock.record.epoch)
+            except (StoreError, OSError) as exc:
+                await self._abort_activation(f"cannot open the store: {exc}")
+        elif action is Action.OPEN_CLIENT:
+            try:
+                await self.ops.activate()
+            except (OSError, RuntimeError, TandemError) as exc:
+                await self._abort_activation(f"cannot open the client port: {exc}")
+        elif action is Action.CLOSE_CLIENT:
+            await self.ops.deactivate(drain_timeout=0.0)
+        elif action is Action.RELEASE_LOCK:
+            self._release()
+        elif action is Action.CLOSE_STORE:
+            self.ops.close_store()
+
+    async def _claim(self) -> None:
+        before = self.lock.record.epoch
+        in_sync = [self.name]
+        try:
+            epoch = await self.lock.claim(in_sync, forced=self.forced)
+        except (TimeoutError, OSError, LockError) as exc:
+            await self._abort_activation(f"cannot write the LockFile: {exc or type(exc).__name__}")
+            return
+        now = time.monotonic()
+        self.claimed, self.last_verified, self.acquired_at, self.lock_lost = True, now, now, False
+        self.skip_takeover_wait = self.handover_epoch is not None and self.handover_epoch == before
+        self.handover_epoch = None
+        self.epoch = max(self.epoch, epoch)
+        if self.forced:
+            self.ops.console(f"HA  operator forced activation at epoch={epoch}: acknowledged writes may be lost")
+            self.forced = False
+        if self.ops.store is not None:
+            try:
+                self.ops.store.set_epoch(epoch)
+            except StoreError as exc:
+                await self._abort_activation(f"store refuses epoch {epoch}: {exc}")
+
+    async def _abort_activation(self, why: str) -> None:
+        self.ops.console(f"HA  activation aborted: {why}")
+        await self.ops.deactivate(drain_timeout=0.0)
+        self._release()
+        if self.mode == "shared":
+            self.ops.close_store()
+        self._hold_off(3.0, f"backing off after a failed activation: {why}")
+
+    def _release(self) -> None:
+        self.lock.release()
+        self.claimed, self.acquired_at, self.lock_lost = False, None, False
+        self.skip_takeover_wait = False
+        self.next_attempt = time.monotonic() + self.cfg.LockRetryInterval / 1000
+        if time.monotonic() >= self.hold_off_until:
+            self._hold_off(HOLD_OFF_AFTER_STEP_DOWN, "just stepped down: giving the peer the first try")
+
+    # ---- loops ----
+    async def _every(self, interval: float, fn: Any, name: str) -> None:
+        """Fixed pace: next += interval; warn on overrun, never drift."""
+        loop = asyncio.get_running_loop()
+        nxt = loop.time()
+        while True:
+            try:
+                await fn()
+            except Exception:  # a loop must survive a bug in one tick
+                log.exception("%s tick failed", name)
+            nxt += interval
+            delay = nxt - loop.time()
+            if delay < -interval:
+                log.warning("%s loop overran by %.0f ms", name, -delay * 1000)
+                nxt = loop.time()
+                delay = 0
+            if name == "cycle":
+                try:
+                    await asyncio.wait_for(self.wake.wait(), max(delay, 0))
+                except TimeoutError:
+                    pass
+                self.wake.clear()
+            else:
+                await asyncio.sleep(max(delay, 0))
+
+    async def _cycle_tick(self) -> None:
+        await self.run_cycle()
+
+    async def _verify_tick(self) -> None:
+        if not (self.lock.held and self.claimed):
+            return
+        started = time.monotonic()
+        try:
+            why = await self.lock.verify()
+        except (TimeoutError, OSError, LockError) as exc:
+            log.warning("lock verification did not finish: %s", exc or type(exc).__name__)
+            return
+        if why is None:
+            self.last_verified = started
+        else:
+            self.ops.console(f"HA  lock verification failed: {why}")
+            self.lock_lost = True
+            self.wake.set()
+
+    def heartbeat_payload(self) -> dict[str, Any]:
+        store = self.ops.store
+        return {"server": self.name, "role": self.cfg.Role, "state": str(self.state), "epoch": self.epoch,
+                "serving": self.serving, "lsn": store.last_lsn() if store is not None else None}
+
+    async def _heartbeat_tick(self) -> None:
+        try:
+            d = await self.peer_client.post("/ha/peer/heartbeat", self.heartbeat_payload())
+        except (PeerError, ValueError) as exc:
+            self._peer_problem(str(exc))
+            return
+        was_alive = self.peer_alive()
+        self.peer.update(d)
+        self.epoch = max(self.epoch, self.peer.epoch)
+        self.peer_error = ""
+        if not was_alive:
+            self.wake.set()
+
+    def _peer_problem(self, msg: str) -> None:
+        if msg != self.peer_error:
+            log.warning("backchannel: %s", msg)
+            self.peer_error = msg
+
+    async def _probe_tick(self) -> None:
+        was = self.probe.isolated
+        await self.probe.run_once()
+        if self.probe.isolated != was:
+            if self.probe.isolated:
+                self.ops.console(f"HA  isolated: {self.probe.failures} probes of {self.probe.target} failed "
+                                 f"({self.probe.last_error})")
+            else:
+                self.ops.console(f"HA  probe of {self.probe.target} answers again: no longer isolated")
+            self.wake.set()
+
+    # ---- Controller API ----
+    async def start(self) -> None:
+        if not self.probe.enabled:
+            self.ops.console("HA  warning: GatewayServerIPAddress is empty: isolation probe disabled")
+        if self.mode == "replicated":
+            self.ops.open_store()
+        if self.cfg.Role == "secondary":
+            self._hold_off(2 * self.cfg.peer_dead_after / 1000, "secondary at start: the primary has the first try")
+        ha = self.cfg
+        self.tasks = [
+            asyncio.create_task(self._every(self.tick, self._cycle_tick, "cycle")),
+            asyncio.create_task(self._every(ha.LockVerifyInterval / 1000, self._verify_tick, "verify")),
+            asyncio.create_task(self._every(ha.HeartbeatInterval / 1000, self._heartbeat_tick, "heartbeat")),
+        ]
+        if self.probe.enabled:
+            self.tasks.append(asyncio.create_task(self._every(ha.ProbeInterval / 1000, self._probe_tick, "probe")))
+
+    async def stop(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        async with self.cycle_lock:
+            await self.ops.deactivate(drain_timeout=5.0)  # stop serving first (graceful: drain)
+            self.lock.close()
+            if self.mode == "shared":
+                self.ops.close_store()
+            old, self.state, self.since = self.state, State.STOPPED, time.time()
+            self.ops.console(f"HA  {old} -> {self.state}  epoch={self.epoch}  reason=server stopping")
+        await self.replication.close()
+        await self.peer_client.close()
+
+    def status(self) -> dict[str, Any]:
+        rep = self.replication.status()
+        return {
+            "type": self.mode, "role": self.cfg.Role, "state": str(self.state), "epoch": self.epoch,
+            "peer": {"state": self.peer_state(), "address": f"{self.cfg.BackupHAIPAddress}:{self.cfg.BackupHAPort}",
+                     "client_address": self.cfg.BackupServerIp, "epoch": self.peer.epoch,
+                     "replicated_lsn": rep.get("replicated_lsn"), "lag": rep.get("lag")},
+            "lock": {"path": self.lock.path, "held": self.lock.held and self.claimed,
+                     "verified_ms_ago": (round((time.monotonic() - self.last_verified) * 1000)
+                                         if self.claimed else None),
+                     "holder": self.lock.record.holder, "in_sync": self.lock.record.in_sync},
+            "isolated": self.probe.isolated, "since": self.since, "reason": self.last_reason,
+            "waiting_reason": (self.last_reason if self.state == State.WAITING else None),
+        }
+
+    # ---- HA-port routes ----
+    def routes(self) -> dict[tuple[str, str], Any]:
+        r: dict[tuple[str, str], Any] = {
+            ("POST", "/ha/peer/heartbeat"): self._h_heartbeat,
+            ("POST", "/ha/peer/takeover"): self._h_takeover,
+            ("POST", "/ha/switchover"): self._h_switchover,
+            ("POST", "/ha/force-activate"): self._h_force,
+        }
+        r.update(self.replication.routes())
+        return r
+
+    def _signed(self, path: str, data: dict[str, Any], status: int = 200) -> Response:
+        body = json.dumps(data, separators=(",", ":")).encode()
+        return Response(status, body, headers={"X-Tandem-Auth": sign(self.cfg.PairSecret, path, body)})
+
+    def _authenticate(self, req: Request) -> dict[str, Any] | Response:
+        try:
+            verify(self.cfg.PairSecret, req.path, req.body, req.headers.get(AUTH_HEADER))
+        except AuthError as exc:
+            log.warning("backchannel: refused %s from %s: %s", req.path, req.peer, exc)
+            return Response.json({"error": f"refused: {exc}"}, 401)
+        try:
+            d = json.loads(req.body)
+            if not isinstance(d, dict):
+                raise ValueError("not an object")
+        except ValueError as exc:
+            log.warning("backchannel: garbage frame on %s from %s: %s", req.path, req.peer, exc)
+            return Response.json({"error": f"bad frame: {exc}"}, 400)
+        return d
+
+    async def _h_heartbeat(self, req: Request) -> Response:
+        d = self._authenticate(req)
+        if isinstance(d, Response):
+            return d
+        was_alive = self.peer_alive()
+        self.peer.update(d)
+        self.epoch = max(self.epoch, self.peer.epoch)
+        if not was_alive or (self.peer.serving and self.state in HOLDING):
+            self.wake.set()
+        return self._signed(req.path, self.heartbeat_payload())
+
+    async def _h_takeover(self, req: Request) -> Response:
+        d = self._authenticate(req)
+        if isinstance(d, Response):
+            return d
+        self.handover_epoch = int(d.get("epoch", -1))
+        self.hold_off_until, self.next_attempt = 0.0, 0.0
+        self.ops.console(f"HA  peer handed over at epoch={self.handover_epoch}: taking the lock")
+        self.wake.set()
+        return self._signed(req.path, {"ok": True, "server": self.name})
+
+    async def _h_switchover(self, req: Request) -> Response:
+        d = self._authenticate(req)
+        if isinstance(d, Response):
+            return d
+        async with self.cycle_lock:
+            if self.state not in SERVING:
+                return self._signed(req.path, {"ok": False, "error": f"{self.name} is {self.state}, not active"}, 409)
+            ready = State.PASSIVE.value
+            if not self.peer_alive() or self.peer.state != ready:
+                return self._signed(req.path, {"ok": False, "error": f"peer is {self.peer_state()}, not {ready}: "
+                                                                       "refusing a switchover"}, 409)
+            epoch = self.lock.record.epoch
+            self._hold_off(HOLD_OFF_AFTER_SWITCHOVER, "switchover: the peer takes over")
+            await self.ops.deactivate(drain_timeout=2.0)
+            self._release()
+            self._hold_off(HOLD_OFF_AFTER_SWITCHOVER, "switchover: the peer takes over")
+            if self.mode == "shared":
+                self.ops.close_store()
+            self._set_state(State.PASSIVE if self.may_activate() or self.mode == "shared" else State.WAITING,
+                            "switchover requested by operator")
+        try:
+            await self.peer_client.post("/ha/peer/takeover", {"epoch": epoch}, timeout=2.0)
+        except PeerError as exc:
+            self.ops.console(f"HA  switchover: peer did not acknowledge the handover ({exc}); it will take "
+                             "the lock on its next attempt")
+        return self._signed(req.path, {"ok": True, "from": self.name, "epoch": epoch})
+
+    async def _h_force(self, req: Request) -> Response:
+        d = self._authenticate(req)
+        if isinstance(d, Response):
+            return d
+        self.forced = True
+        self.hold_off_until = 0.0
+        self.ops.console("HA  force-activate requested by operator: this server may activate although its "
+                         "store may miss acknowledged writes (rule 5 overridden)")
+        self.wake.set()
+        return self._signed(req.path, {"ok": True, "server": self.name, "state": str(self.state)})
+
+
+def make_ha_controller(ops: ServerOps) -> Controller:
+    return HAController(ops)

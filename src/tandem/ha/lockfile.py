@@ -1,0 +1,203 @@
+"""The LockFile: a POSIX `fcntl` lock on a file on the gateway machine's share.
+
+Why `fcntl` (lockf) and not `flock`: NFSv4 and SMB carry POSIX byte-range
+locks to the server; `flock` is local-only on many of them.
+
+The file holds one JSON record, rewritten by the holder:
+`{"epoch", "holder", "in_sync", "forced", "acquired_at", "verified_at"}`.
+`epoch` is +1 on every acquisition (rule 2). `in_sync` names the servers whose
+stores hold every write acknowledged in this epoch; a replicated server not in
+it must not activate on its own (rule 5). An empty file is epoch 0, no holder.
+
+Every operation that touches the file runs in a worker thread under a hard
+timeout (`LockIOTimeout`): a hung share cannot stall the HA loop. A thread
+that outlives its timeout is abandoned; if it later acquires the lock, it
+releases it at once.
+
+POSIX locks belong to the process and are dropped when *any* descriptor of
+the file is closed, so while holding we only ever use the held descriptor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tandem.errors import LockError, LockFileMissing
+
+
+@dataclass
+class LockRecord:
+    epoch: int = 0
+    holder: str = ""
+    in_sync: list[str] = field(default_factory=list)
+    forced: bool = False
+    acquired_at: float = 0.0
+    verified_at: float = 0.0
+
+    @classmethod
+    def parse(cls, raw: bytes) -> LockRecord:
+        text = raw.decode("utf-8", "replace").strip()
+        if not text:
+            return cls()
+        try:
+            d = json.loads(text)
+            return cls(int(d.get("epoch", 0)), str(d.get("holder", "")), list(d.get("in_sync", [])),
+                       bool(d.get("forced", False)), float(d.get("acquired_at", 0)),
+                       float(d.get("verified_at", 0)))
+        except (ValueError, TypeError, AttributeError) as exc:
+            # a file with foreign content (the seed allows "any format"): treat as epoch 0
+            raise LockError(f"LockFile content is not a Tandem record: {text[:60]!r}") from exc
+
+    def encode(self) -> bytes:
+        return (json.dumps(self.__dict__, sort_keys=True) + "\n").encode()
+
+
+def check_lockfile(path: str) -> None:
+    """Rule 8: the LockFile must exist; never create a local one."""
+    p = Path(path)
+    if not p.parent.is_dir():
+        raise LockFileMissing(f"LockFile folder {p.parent} does not exist (is the gateway share mounted?)")
+    if not p.is_file():
+        raise LockFileMissing(f"LockFile {p} does not exist; create it on the gateway machine's share")
+
+
+class LockFile:
+    def __init__(self, path: str, holder: str, io_timeout: float) -> None:
+        self.path = path
+        self.holder = holder
+        self.io_timeout = io_timeout
+        self.fd: int | None = None
+        self.ino: int | None = None
+        self.record = LockRecord()
+        # One thread per LockFile: every descriptor operation is serialised, so an
+        # abandoned (timed-out) call can never close a descriptor under a newer lock.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockfile")
+
+    def __repr__(self) -> str:
+        return f"<LockFile {self.path} held={self.fd is not None} epoch={self.record.epoch}>"
+
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        fut: Future[Any] = self._pool.submit(fn, *args)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(fut), self.io_timeout)
+        except TimeoutError:
+            fut.add_done_callback(self._abandoned)
+            raise
+
+    def _abandoned(self, fut: Future[Any]) -> None:
+        """A timed-out acquisition that succeeded later: give the lock back."""
+        try:
+            res = fut.result()
+        except Exception:
+            return
+        if isinstance(res, tuple) and len(res) == 3 and isinstance(res[0], int):
+            self._release(res[0])
+
+    # ---- acquisition ----
+    def _try_lock(self) -> tuple[int, int, LockRecord] | LockRecord:
+        check_lockfile(self.path)
+        fd = os.open(self.path, os.O_RDWR)
+        try:
+            got = True
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                got = False
+            try:
+                rec = LockRecord.parse(os.pread(fd, 4096, 0))
+            except LockError:
+                rec = LockRecord()
+        except BaseException:
+            os.close(fd)
+            raise
+        if not got:
+            os.close(fd)  # we hold nothing on this file: closing drops nothing of ours
+            return rec
+        return fd, os.fstat(fd).st_ino, rec
+
+    async def try_lock(self) -> bool:
+        """Take the lock if it is free, without writing. Either way `self.record` is
+        the record found in the file. The caller then `claim()`s or `release()`s."""
+        if self.held:
+            return True
+        res = await self._run(self._try_lock)
+        if isinstance(res, LockRecord):
+            self.record = res
+            return False
+        self.fd, self.ino, self.record = res
+        return True
+
+    def _write(self, rec: LockRecord) -> None:
+        assert self.fd is not None
+        data = rec.encode()
+        os.pwrite(self.fd, data, 0)
+        os.ftruncate(self.fd, len(data))
+        os.fsync(self.fd)
+
+    async def claim(self, in_sync: list[str], forced: bool = False) -> int:
+        """Under the lock: epoch + 1, us as holder, written and fsynced. Returns the epoch."""
+        now = time.time()
+        rec = LockRecord(self.record.epoch + 1, self.holder, in_sync, forced, now, now)
+        await self._run(self._write, rec)
+        self.record = rec
+        return rec.epoch
+
+    async def set_in_sync(self, in_sync: list[str]) -> None:
+        rec = LockRecord(**{**self.record.__dict__, "in_sync": list(in_sync), "verified_at": time.time()})
+        await self._run(self._write, rec)
+        self.record = rec
+
+    # ---- verification ----
+    def _verify(self) -> str | None:
+        assert self.fd is not None and self.ino is not None
+        st = os.stat(self.path)  # the path, not the fd: a replaced file has a new inode
+        if st.st_ino != self.ino:
+            return f"LockFile {self.path} was replaced (inode {self.ino} -> {st.st_ino})"
+        found = LockRecord.parse(os.pread(self.fd, 4096, 0))
+        if found.holder != self.holder or found.epoch != self.record.epoch:
+            return f"LockFile now says holder={found.holder!r} epoch={found.epoch}"
+        rec = LockRecord(**{**self.record.__dict__, "verified_at": time.time()})
+        self._write(rec)
+        self.record = rec
+        return None
+
+    async def verify(self) -> str | None:
+        """None when the lock is provably still ours (same inode, our record, a
+        write+fsync that finished within the timeout); else why not. Raises
+        TimeoutError or OSError when the check could not finish."""
+        if not self.held:
+            return "lock not held"
+        res: str | None = await self._run(self._verify)
+        return res
+
+    @staticmethod
+    def _release(fd: int) -> None:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_UN)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    def release(self) -> None:
+        """Drop the lock. Never waits: the unlock is queued on the LockFile's thread
+        behind any call still in flight on the descriptor."""
+        fd, self.fd, self.ino = self.fd, None, None
+        if fd is not None:
+            self._pool.submit(self._release, fd)
+
+    def close(self) -> None:
+        self.release()
+        self._pool.shutdown(wait=False)
