@@ -161,21 +161,21 @@ class Watcher(threading.Thread):
         super().__init__(daemon=True)
         self.servers, self.interval = servers, interval
         self.samples: list[tuple[float, list[tuple[bool, int | None]]]] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
         urls = [s.ha for s in self.servers]
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             t = time.monotonic()
             row = []
             for u in urls:
                 code, body = http_get(f"{u}/ha/status", timeout=0.2)
                 row.append((bool(body.get("serving")), body.get("epoch")) if code == 200 else (False, None))
             self.samples.append((t, row))
-            self._stop.wait(max(0.0, self.interval - (time.monotonic() - t)))
+            self._halt.wait(max(0.0, self.interval - (time.monotonic() - t)))
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(5)
 
     def check(self) -> None:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from tandem.config import Profile, load_profile, resolve_profile_name
-from tandem.errors import ServerError, UsageError
+from tandem.errors import AlreadyRunning, ServerError, UsageError
 from tandem.server.pidlock import PidLock, running_pid
 
 START_DEADLINE = 20.0
@@ -72,7 +72,7 @@ def start_background(args: argparse.Namespace, profile: Profile) -> int:
     for path in (sup_pid_file, srv_pid_file):
         pid = running_pid(path)
         if pid:
-            raise ServerError(f"profile {profile.name} already has a server running (pid {pid}); "
+            raise AlreadyRunning(f"profile {profile.name} already has a server running (pid {pid}); "
                               f"stop it first with 'tandem server stop -mode {profile.mode} "
                               f"-profile {profile.name.rsplit('/', 1)[0]}'")
     profile.run_dir.mkdir(parents=True, exist_ok=True)

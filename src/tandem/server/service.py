@@ -63,7 +63,9 @@ class ASGIService(ClientService):
         config = uvicorn.Config(self.app, lifespan="off", log_level="warning", access_log=False,
                                 timeout_graceful_shutdown=5, loop="none", http="httptools")
         self._server = uvicorn.Server(config)
-        self._server.install_signal_handlers = lambda: None  # the server process owns signals
+        # the server process owns signals: uvicorn must neither install handlers nor
+        # re-raise a captured signal when it shuts down (that would look like a second SIGTERM)
+        self._server.capture_signals = contextlib.nullcontext
         self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]))
         deadline = asyncio.get_running_loop().time() + 5
         while not self._server.started:
