@@ -29,6 +29,7 @@ log = logging.getLogger("tandem.ha")
 
 HOLD_OFF_AFTER_STEP_DOWN = 1.0
 HOLD_OFF_AFTER_SWITCHOVER = 5.0
+TIE_BREAK = "secondary at start: the primary has the first try"
 
 
 def preflight(ops_profile: Any) -> None:
@@ -149,7 +150,8 @@ class HAController(Controller):
         if action is Action.TRY_ACQUIRE:
             self.next_attempt = time.monotonic() + self.cfg.LockRetryInterval / 1000
             try:
-                await self.lock.try_lock()
+                if await self.lock.try_lock():
+                    self.wake.set()  # claim at once, not a tick later
             except (TimeoutError, OSError, LockError) as exc:
                 log.warning("lock attempt on %s failed: %s", self.lock.path, exc or type(exc).__name__)
             self.epoch = max(self.epoch, self.lock.record.epoch)
@@ -185,6 +187,8 @@ class HAController(Controller):
         now = time.monotonic()
         self.claimed, self.last_verified, self.acquired_at, self.lock_lost = True, now, now, False
         self.skip_takeover_wait = self.handover_epoch is not None and self.handover_epoch == before
+        asyncio.get_running_loop().call_later(0 if self.skip_takeover_wait else self.cfg.TakeoverWait / 1000,
+                                              self.wake.set)
         self.handover_epoch = None
         self.epoch = max(self.epoch, epoch)
         if self.forced:
@@ -231,6 +235,7 @@ class HAController(Controller):
             if name == "cycle":
                 try:
                     await asyncio.wait_for(self.wake.wait(), max(delay, 0))
+                    nxt = loop.time()  # woken early: the pace restarts from now
                 except TimeoutError:
                     pass
                 self.wake.clear()
@@ -267,11 +272,16 @@ class HAController(Controller):
         except (PeerError, ValueError) as exc:
             self._peer_problem(str(exc))
             return
+        self._peer_news(d)
+        self.peer_error = ""
+
+    def _peer_news(self, d: dict[str, Any]) -> None:
         was_alive = self.peer_alive()
         self.peer.update(d)
         self.epoch = max(self.epoch, self.peer.epoch)
-        self.peer_error = ""
-        if not was_alive:
+        if self.peer.serving and self.hold_off_reason == TIE_BREAK:
+            self.hold_off_until = 0.0  # the peer already serves: there is no tie to break
+        if not was_alive or (self.peer.serving and self.state in HOLDING):
             self.wake.set()
 
     def _peer_problem(self, msg: str) -> None:
@@ -297,7 +307,7 @@ class HAController(Controller):
         if self.mode == "replicated":
             self.ops.open_store()
         if self.cfg.Role == "secondary":
-            self._hold_off(2 * self.cfg.peer_dead_after / 1000, "secondary at start: the primary has the first try")
+            self._hold_off(2 * self.cfg.peer_dead_after / 1000, TIE_BREAK)
         ha = self.cfg
         self.tasks = [
             asyncio.create_task(self._every(self.tick, self._cycle_tick, "cycle")),
@@ -370,11 +380,7 @@ class HAController(Controller):
         d = self._authenticate(req)
         if isinstance(d, Response):
             return d
-        was_alive = self.peer_alive()
-        self.peer.update(d)
-        self.epoch = max(self.epoch, self.peer.epoch)
-        if not was_alive or (self.peer.serving and self.state in HOLDING):
-            self.wake.set()
+        self._peer_news(d)
         return self._signed(req.path, self.heartbeat_payload())
 
     async def _h_takeover(self, req: Request) -> Response:
