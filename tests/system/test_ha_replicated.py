@@ -1,6 +1,6 @@
-"""ha-core, replicated mode with replication still behind its interface: a passive
-treats its store as not in sync, so rule 5 holds it `Waiting` until the last
-active returns or an operator forces it."""
+"""Replicated mode: an in-sync passive takes over; rule 5 holds a passive that was
+not in sync when its peer last served alone `Waiting` until the peer returns or an
+operator forces it."""
 
 from __future__ import annotations
 
@@ -11,45 +11,64 @@ from conftest import Home, Watcher, port_open, run_cli, wait_for
 PAIR = "haprofile1"
 
 
-def test_replicated_states_rule5_and_force_activate(home: Home) -> None:
+def lock_record(home: Home) -> dict[str, object]:
+    return json.loads(home.lockfile(PAIR, "AMS").read_text())  # type: ignore[no-any-return]
+
+
+def test_replicated_failover_rule5_and_force_activate(home: Home) -> None:
     p, s = home.pair(PAIR, "AMS")
     p.start()
     s.start()
     st_p = p.wait_state("Active", timeout=10)
-    st_s = s.wait_state("Waiting", timeout=10)
-    assert st_p["type"] == "replicated" and st_p["lsn"] == 0
-    assert "store may miss acknowledged writes" in st_s["reason"]
-    assert st_s["lock"]["in_sync"] == [st_p["server"]]
+    s.wait_state("Passive", timeout=10)
+    assert st_p["type"] == "replicated"
+    wait_for(lambda: set(lock_record(home)["in_sync"]) == {st_p["server"], s.status()["server"]}, 5,  # type: ignore[arg-type,index]
+             "both recorded in sync")
     watcher = Watcher([p, s])
     watcher.start()
     try:
+        # an in-sync passive takes over a killed active
         p.kill9()
-        st = wait_for(lambda: (x := s.status()) and x["peer"]["state"] == "Dead" and x, 5, "peer Dead")
-        assert st["state"] == "Waiting" and not st["serving"]
-        # it keeps waiting: bounded observation of 1 s (well past TakeoverWait)
-        for _ in range(20):
-            assert s.active_code() == 503 and not port_open(s.client_port)
-            wait_for(lambda: True, 0.05, "tick")
-        # the last active returns: it has every write, so it serves again (epoch + 1)
+        st = s.wait_state("Standalone", timeout=5)
+        assert st["epoch"] == st_p["epoch"] + 1 and s.active_code() == 200
+        assert lock_record(home)["in_sync"] == [st["server"]], "alone: the LockFile says the peer is not in sync"
+        # the former active returns as passive and resynchronises; the active sees it and is Active again
         p.start()
-        back = p.wait_state("Active", "Standalone", timeout=10)
-        assert back["epoch"] == st_p["epoch"] + 1
-        s.wait_state("Waiting")
-        # force-activate needs --yes
-        r = run_cli(home.path, "ha", "force-activate", "-mode", "AMS", "-profile", f"{PAIR}/secondary")
-        assert r.returncode == 2 and "--yes" in r.stderr
+        p.wait_state("Passive", timeout=10)
+        s.wait_state("Active", timeout=5)
+        wait_for(lambda: len(lock_record(home)["in_sync"]) == 2, 5, "returning peer back in sync")  # type: ignore[arg-type]
+
+        # rule 5: the passive (p) dies, s serves alone, then s dies; p must not activate
         p.kill9()
-        r = run_cli(home.path, "ha", "force-activate", "-mode", "AMS", "-profile", f"{PAIR}/secondary", "--yes")
-        assert r.returncode == 0, r.stderr
-        forced = s.wait_state("Standalone", timeout=5)
-        assert forced["epoch"] == back["epoch"] + 1 and s.active_code() == 200
-        assert "operator forced activation" in s.output()
-        lock = json.loads(home.lockfile(PAIR, "AMS").read_text())
-        assert lock["forced"] is True and lock["holder"] == forced["server"]
-        # the former active returns and finds the forced one serving: it waits (its copy is now stale)
+        s.wait_state("Standalone", timeout=5)
+        s.kill9()
+        p.start()
+        waiting = p.wait_state("Waiting", timeout=10)
+        assert "store may miss acknowledged writes" in waiting["waiting_reason"]
+        assert st["server"] in waiting["waiting_reason"]
+        for _ in range(20):  # bounded observation, well past TakeoverWait: it keeps waiting
+            assert p.active_code() == 503 and not port_open(p.client_port)
+            wait_for(lambda: True, 0.05, "tick")
+        # the peer that served alone returns: it activates, p catches up and becomes Passive
+        s.start()
+        s.wait_state("Active", "Standalone", timeout=10)
+        p.wait_state("Passive", timeout=10)
+
+        # force-activate: needs --yes; then a Waiting server activates on its own
+        p.kill9()
+        s.wait_state("Standalone", timeout=5)
+        s.kill9()
         p.start()
         p.wait_state("Waiting", timeout=10)
-        wait_for(lambda: (x := s.status()) and x["state"] == "Active", 5, "peer alive again: Active")
+        r = run_cli(home.path, "ha", "force-activate", "-mode", "AMS", "-profile", f"{PAIR}/primary")
+        assert r.returncode == 2 and "--yes" in r.stderr
+        r = run_cli(home.path, "ha", "force-activate", "-mode", "AMS", "-profile", f"{PAIR}/primary", "--yes")
+        assert r.returncode == 0, r.stderr
+        forced = p.wait_state("Standalone", timeout=5)
+        assert p.active_code() == 200
+        assert "operator forced activation" in p.output()
+        rec = lock_record(home)
+        assert rec["forced"] is True and rec["holder"] == forced["server"]
     finally:
         watcher.stop()
     watcher.check()

@@ -27,6 +27,9 @@ class ServerOps(Protocol):
 
     def close_store(self) -> None: ...
 
+    def set_aside_store(self) -> str:
+        """Rule 6: move the store's files aside (never delete), reopen it empty; returns where."""
+
     async def activate(self) -> None:
         """Open the client port (the store must be open). Raises if the port cannot open."""
 

@@ -97,6 +97,12 @@ class HAController(Controller):
         rec = self.lock.record
         return rec.epoch == 0 or self.name in rec.in_sync or (not rec.in_sync and rec.holder == self.name)
 
+    def waiting_reason(self) -> str:
+        rec = self.lock.record
+        return (f"store may miss acknowledged writes: the last active {rec.holder or '?'} (epoch {rec.epoch}) "
+                f"recorded only {rec.in_sync} in sync; waiting for it to return "
+                "(or `tandem ha force-activate`)")
+
     def observe(self) -> Observations:
         now = time.monotonic()
         took = self.acquired_at
@@ -246,7 +252,19 @@ class HAController(Controller):
         await self.run_cycle()
 
     async def _verify_tick(self) -> None:
-        if not (self.lock.held and self.claimed):
+        if not self.lock.held:
+            if self.mode == "replicated" and self.state not in HOLDING:
+                # a passive learns from the record whether it is in sync (rule 5)
+                try:
+                    before = self.may_activate()
+                    await self.lock.read()
+                    self.epoch = max(self.epoch, self.lock.record.epoch)
+                    if self.may_activate() != before:
+                        self.wake.set()
+                except (TimeoutError, OSError, LockError) as exc:
+                    log.warning("reading the LockFile failed: %s", exc or type(exc).__name__)
+            return
+        if not self.claimed:
             return
         started = time.monotonic()
         try:
@@ -305,7 +323,10 @@ class HAController(Controller):
         if not self.probe.enabled:
             self.ops.console("HA  warning: GatewayServerIPAddress is empty: isolation probe disabled")
         if self.mode == "replicated":
-            self.ops.open_store()
+            store = self.ops.open_store()
+            attach = getattr(self.replication, "attach", None)
+            if attach is not None:
+                attach(store)
         if self.cfg.Role == "secondary":
             self._hold_off(2 * self.cfg.peer_dead_after / 1000, TIE_BREAK)
         ha = self.cfg
@@ -343,7 +364,8 @@ class HAController(Controller):
                                          if self.claimed else None),
                      "holder": self.lock.record.holder, "in_sync": self.lock.record.in_sync},
             "isolated": self.probe.isolated, "since": self.since, "reason": self.last_reason,
-            "waiting_reason": (self.last_reason if self.state == State.WAITING else None),
+            "waiting_reason": self.waiting_reason() if self.state == State.WAITING else None,
+            "replication": rep,
         }
 
     # ---- HA-port routes ----
@@ -433,4 +455,9 @@ class HAController(Controller):
 
 
 def make_ha_controller(ops: ServerOps) -> Controller:
-    return HAController(ops)
+    ctl = HAController(ops)
+    if ctl.mode == "replicated":
+        from tandem.ha.replicator import Replicator
+
+        ctl.replication = Replicator(ctl)
+    return ctl

@@ -80,13 +80,15 @@ class LockFile:
         # One thread per LockFile: every descriptor operation is serialised, so an
         # abandoned (timed-out) call can never close a descriptor under a newer lock.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockfile")
+        self._claimed = False  # set on the LockFile thread once claim() wrote our record
+        self._releasing = False
 
     def __repr__(self) -> str:
         return f"<LockFile {self.path} held={self.fd is not None} epoch={self.record.epoch}>"
 
     @property
     def held(self) -> bool:
-        return self.fd is not None
+        return self.fd is not None and not self._releasing
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         fut: Future[Any] = self._pool.submit(fn, *args)
@@ -97,16 +99,15 @@ class LockFile:
             raise
 
     def _abandoned(self, fut: Future[Any]) -> None:
-        """A timed-out acquisition that succeeded later: give the lock back."""
-        try:
-            res = fut.result()
-        except Exception:
-            return
-        if isinstance(res, tuple) and len(res) == 3 and isinstance(res[0], int):
-            self._release(res[0])
+        """A timed-out acquisition that succeeded later: give the lock back. Runs on
+        the LockFile thread right after the call, before anything queued behind it."""
+        if not fut.cancelled() and fut.exception() is None and fut.result() is True and not self._claimed:
+            self._release_now()
 
-    # ---- acquisition ----
-    def _try_lock(self) -> tuple[int, int, LockRecord] | LockRecord:
+    # ---- everything below that touches descriptors runs on the LockFile thread ----
+    def _try_lock(self) -> bool:
+        if self.fd is not None:
+            return True
         check_lockfile(self.path)
         fd = os.open(self.path, os.O_RDWR)
         try:
@@ -116,28 +117,39 @@ class LockFile:
             except OSError:
                 got = False
             try:
-                rec = LockRecord.parse(os.pread(fd, 4096, 0))
+                self.record = LockRecord.parse(os.pread(fd, 4096, 0))
             except LockError:
-                rec = LockRecord()
+                self.record = LockRecord()
         except BaseException:
             os.close(fd)
             raise
         if not got:
             os.close(fd)  # we hold nothing on this file: closing drops nothing of ours
-            return rec
-        return fd, os.fstat(fd).st_ino, rec
+            return False
+        self.fd, self.ino, self._claimed = fd, os.fstat(fd).st_ino, False
+        return True
 
     async def try_lock(self) -> bool:
         """Take the lock if it is free, without writing. Either way `self.record` is
         the record found in the file. The caller then `claim()`s or `release()`s."""
-        if self.held:
-            return True
-        res = await self._run(self._try_lock)
-        if isinstance(res, LockRecord):
-            self.record = res
-            return False
-        self.fd, self.ino, self.record = res
-        return True
+        got: bool = await self._run(self._try_lock)
+        return got
+
+    def _read(self) -> LockRecord:
+        if self.fd is not None:
+            return self.record  # never open a second descriptor while holding
+        check_lockfile(self.path)
+        with open(self.path, "rb") as f:
+            try:
+                self.record = LockRecord.parse(f.read(4096))
+            except LockError:
+                self.record = LockRecord()
+        return self.record
+
+    async def read(self) -> LockRecord:
+        """The current record (a passive learns whether it is in sync)."""
+        rec: LockRecord = await self._run(self._read)
+        return rec
 
     def _write(self, rec: LockRecord) -> None:
         assert self.fd is not None
@@ -151,7 +163,7 @@ class LockFile:
         now = time.time()
         rec = LockRecord(self.record.epoch + 1, self.holder, in_sync, forced, now, now)
         await self._run(self._write, rec)
-        self.record = rec
+        self.record, self._claimed = rec, True
         return rec.epoch
 
     async def set_in_sync(self, in_sync: list[str]) -> None:
@@ -182,8 +194,10 @@ class LockFile:
         res: str | None = await self._run(self._verify)
         return res
 
-    @staticmethod
-    def _release(fd: int) -> None:
+    def _release_now(self) -> None:
+        fd, self.fd, self.ino, self._claimed = self.fd, None, None, False
+        if fd is None:
+            return
         try:
             fcntl.lockf(fd, fcntl.LOCK_UN)
         except OSError:
@@ -193,10 +207,10 @@ class LockFile:
 
     def release(self) -> None:
         """Drop the lock. Never waits: the unlock is queued on the LockFile's thread
-        behind any call still in flight on the descriptor."""
-        fd, self.fd, self.ino = self.fd, None, None
-        if fd is not None:
-            self._pool.submit(self._release, fd)
+        behind any call still in flight on the descriptor; from now on `held` is False
+        for the caller."""
+        self._releasing = True
+        self._pool.submit(self._release_now).add_done_callback(lambda f: setattr(self, "_releasing", False))
 
     def close(self) -> None:
         self.release()

@@ -17,12 +17,13 @@ import signal
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from tandem.config.model import Profile
-from tandem.errors import ServerError
+from tandem.errors import ServerError, StoreError
 from tandem.ha.base import Controller
 from tandem.server.httpmini import MiniHTTPServer, Request, Response
 from tandem.server.pidlock import PidLock
@@ -57,6 +58,7 @@ class ServerProcess:
         self.pidlock = PidLock(profile.run_dir / "server.pid")
         self._signals = 0
         self.metric_sources: list[Any] = []  # callables returning extra Prometheus text
+        self.on_store_reopened: list[Any] = []  # callables(store) after a set-aside
         self.registry = CollectorRegistry()
         self._g_serving = Gauge("tandem_serving", "1 while this server serves clients", registry=self.registry)
         self._g_epoch = Gauge("tandem_ha_epoch", "current HA epoch", registry=self.registry)
@@ -82,6 +84,31 @@ class ServerProcess:
         if self.store is not None:
             self.store.close()
             self.store = None
+
+    def set_aside_store(self) -> str:
+        if self.db_location.startswith(("postgresql://", "postgres://")):
+            raise StoreError("a diverged PostgreSQL store cannot be set aside automatically; "
+                             "resolve it by hand (rule 6 keeps it as it is)")
+        import shutil
+
+        folder = Path(self.db_location)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        aside = folder / "diverged" / stamp
+        self.close_store()
+        aside.mkdir(parents=True)
+        for f in folder.iterdir():
+            if f.is_file() and f.name.startswith("store.sqlite3"):
+                shutil.move(str(f), aside / f.name)
+        store = self.open_store()
+        for fn in self.on_store_reopened:
+            fn(store)
+        return str(aside)
+
+    async def durable(self) -> None:
+        """Wait until everything committed so far may be acknowledged (rule 4)."""
+        wait = getattr(self.controller, "replication", None)
+        if wait is not None and self.store is not None and hasattr(wait, "wait_durable"):
+            await wait.wait_durable(self.store.last_lsn())
 
     async def activate(self) -> None:
         if not self.client.serving:

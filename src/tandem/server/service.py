@@ -47,6 +47,55 @@ class ClientService(ABC):
         """Stop accepting now, drain up to `drain_timeout` s, then close everything."""
 
 
+class DurabilityGate:
+    """ASGI middleware between the admin API and its clients.
+
+    - Rule 1: a request reaching a server that is not (or no longer provably)
+      serving gets 503 `not_active` and touches nothing.
+    - Rule 4: a response leaves only once every change committed so far is
+      durable on the passive (sync replication); if that cannot be ensured the
+      client gets 503 `not_durable` instead of the handler's answer.
+    """
+
+    def __init__(self, app: Any, server: ServerProcess) -> None:
+        self.app, self.server = app, server
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if not self.server.controller.serving:
+            await _json(send, 503, {"code": "not_active", "message": "this server is not active; use its peer"})
+            return
+        failed = False
+
+        async def gated_send(message: Any) -> None:
+            nonlocal failed
+            if failed:
+                return
+            if message["type"] == "http.response.start":
+                try:
+                    await self.server.durable()
+                except Exception as exc:  # the write may not be on the passive: never say 2xx
+                    failed = True
+                    log.warning("write not acknowledged: %s", exc)
+                    await _json(send, 503, {"code": "not_durable",
+                                            "message": f"the change could not be replicated: {exc}"})
+                    return
+            await send(message)
+
+        await self.app(scope, receive, gated_send)
+
+
+async def _json(send: Any, status: int, body: dict[str, Any]) -> None:
+    import json
+
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+
+
 class ASGIService(ClientService):
     """An ASGI app (the AMS admin API) under uvicorn, on a socket we own so that
     closing the port is immediate rather than at uvicorn's next 100 ms tick."""
@@ -127,5 +176,6 @@ def make_client_service(server: ServerProcess) -> ClientService:
     if prof.mode == "AMS":
         from tandem.ams.app import create_app
 
-        return ASGIService(create_app(server), prof.server.ClientAddress, prof.server.ClientPort)
+        return ASGIService(DurabilityGate(create_app(server), server), prof.server.ClientAddress,
+                           prof.server.ClientPort)
     return NotFoundService(prof.server.ClientAddress, prof.server.ClientPort)

@@ -1,0 +1,327 @@
+"""Replication over the backchannel: the active ships every change of its store
+to the passive; in sync mode a write is acknowledged only once the passive
+stored it (rule 4).
+
+Active side, one session per connection to the peer:
+1. `hello`: the passive answers its (last_lsn, last_epoch). At most one server
+   writes per epoch, so (epoch, lsn) names one change: if our log has that
+   change the passive's store is a prefix of ours and we stream from there;
+   if it has a change we do not (a former active's unacknowledged tail) it has
+   *diverged*: it moves its copy aside and takes a snapshot (rule 6); if our log
+   no longer reaches back, a snapshot.
+2. Stream batches of changes; each answer carries the passive's durable lsn.
+   While a backlog is streamed we are `ActiveSync`, it is `PassiveSync`.
+3. Caught up: first every new write waits for the peer's ack, then the
+   LockFile records the peer as in sync (the order matters: no write may be
+   acknowledged between "caught up" and the record without reaching the peer).
+4. A peer that does not ack within the peer timeout, or dies, is first removed
+   from the LockFile's in-sync set, then writes are acknowledged without it
+   (`Standalone`). A passive not in that set never activates on its own (rule 5).
+
+Passive side: frames are accepted only from the pair (signed), never while we
+hold the lock, and never from an epoch lower than one we know (rule 2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from tandem.errors import ChangeRejected, PeerError, StoreError, TandemError
+from tandem.ha.replication import Replication
+from tandem.ha.states import HOLDING, SERVING
+from tandem.server.httpmini import Request, Response
+from tandem.store import Change, LogTruncated, Store
+
+if TYPE_CHECKING:
+    from tandem.ha.controller import HAController
+
+log = logging.getLogger("tandem.ha.replicator")
+
+BATCH = 500
+
+
+class Resync(TandemError):
+    """The session must start over (the peer refused a frame)."""
+
+
+class Replicator(Replication):
+    def __init__(self, ctl: HAController) -> None:
+        self.ctl = ctl
+        self.sync = ctl.cfg.ReplicationMode == "sync"
+        self.acked_lsn = 0
+        self.in_sync = False
+        self.catching_up = False
+        self.kick = asyncio.Event()
+        self.waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self.task: asyncio.Task[None] | None = None
+        self.catchup_until = 0.0
+        self.last_error = ""
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        return (f"<Replicator {self.ctl.name} {'sync' if self.sync else 'async'} acked={self.acked_lsn} "
+                f"in_sync={self.in_sync} catching_up={self.catching_up}>")
+
+    @property
+    def store(self) -> Store:
+        st = self.ctl.ops.store
+        if st is None:
+            raise StoreError("store not open")
+        return st
+
+    def attach(self, store: Store) -> None:
+        self._loop = asyncio.get_running_loop()
+        store.add_listener(self._on_commit)
+        reopened = getattr(self.ctl.ops, "on_store_reopened", None)
+        if reopened is not None and self.attach not in reopened:
+            reopened.append(self.attach)
+
+    def _on_commit(self, change: Change) -> None:  # may run on a worker thread
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.kick.set)
+
+    # ---- what the HA loop asks ----
+    def passive_syncing(self) -> bool:
+        return time.monotonic() < self.catchup_until
+
+    def peer_syncing(self) -> bool:
+        return self.task is not None and self.catching_up
+
+    def peer_in_sync(self) -> bool:
+        return self.in_sync
+
+    def status(self) -> dict[str, Any]:
+        st = self.ctl.ops.store
+        if self.task is not None and st is not None:
+            return {"replicated_lsn": self.acked_lsn, "lag": st.last_lsn() - self.acked_lsn,
+                    "in_sync": self.in_sync, "mode": "sync" if self.sync else "async"}
+        peer_lsn = self.ctl.peer.lsn if self.ctl.peer_alive() else None
+        mine = st.last_lsn() if st is not None else None
+        lag = peer_lsn - mine if isinstance(peer_lsn, int) and mine is not None else None
+        return {"replicated_lsn": mine, "lag": lag, "mode": "sync" if self.sync else "async"}
+
+    async def on_state(self, state: str, epoch: int) -> None:
+        if state in {s.value for s in SERVING}:
+            if self.task is None:
+                self.in_sync, self.catching_up, self.acked_lsn = False, False, 0
+                self.task = asyncio.create_task(self._run())
+        elif self.task is not None:
+            self.task.cancel()
+            self.task = None
+            self.in_sync = self.catching_up = False
+            self._release_waiters(StoreError("no longer active"))
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+
+    # ---- durability of acknowledged writes ----
+    async def wait_durable(self, lsn: int) -> None:
+        """Return once the write at `lsn` may be acknowledged to a client (rule 4)."""
+        if not self.sync or not self.in_sync or self.acked_lsn >= lsn:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.append((lsn, fut))
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), self.ctl.cfg.peer_dead_after / 1000)
+        except TimeoutError:
+            await self._drop_peer(f"peer did not acknowledge lsn {lsn} within {self.ctl.cfg.peer_dead_after} ms")
+
+    def _acked(self, lsn: int) -> None:
+        self.acked_lsn = lsn
+        keep = []
+        for want, fut in self.waiters:
+            if want <= lsn:
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                keep.append((want, fut))
+        self.waiters = keep
+
+    def _release_waiters(self, exc: Exception | None = None) -> None:
+        for _, fut in self.waiters:
+            if not fut.done():
+                if exc is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(exc)
+        self.waiters = []
+
+    async def _drop_peer(self, why: str) -> None:
+        """The peer is no longer in sync: record it in the LockFile *before* any
+        further acknowledgement. If the record cannot be written, nothing is acked."""
+        if not self.in_sync:
+            return
+        await self.ctl.lock.set_in_sync([self.ctl.name])
+        self.in_sync = False
+        self.ctl.ops.console(f"REPL  peer out of sync: {why}; writes now acknowledged without it")
+        self._release_waiters()
+        self.ctl.wake.set()
+
+    # ---- active side ----
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._session()
+            except asyncio.CancelledError:
+                raise
+            except (PeerError, Resync, StoreError, ValueError, KeyError) as exc:
+                msg = str(exc) or type(exc).__name__
+                if msg != self.last_error:
+                    log.warning("replication session ended: %s", msg)
+                    self.last_error = msg
+            self.catching_up = False
+            try:
+                await self._drop_peer("replication session ended")
+            except (TimeoutError, OSError, TandemError) as exc:
+                log.error("cannot record the peer out of sync in the LockFile: %s", exc)
+            await asyncio.sleep(self.ctl.cfg.HeartbeatInterval / 1000)
+
+    async def _post(self, path: str, payload: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        payload = {"epoch": self.ctl.lock.record.epoch, "leader": self.ctl.name, **payload}
+        return await self.ctl.peer_client.post(path, payload, timeout=timeout or 5.0)
+
+    def _has_change(self, lsn: int, epoch: int) -> bool | None:
+        """Does our log hold the change (epoch, lsn)? None when the log no longer reaches it."""
+        st = self.store
+        if lsn == 0:
+            return True
+        if lsn == st.last_lsn():
+            return epoch == st.last_change_epoch()
+        try:
+            found = st.changes_since(lsn - 1, limit=1)
+        except LogTruncated:
+            return None
+        return bool(found) and found[0].lsn == lsn and found[0].epoch == epoch
+
+    async def _session(self) -> None:
+        if not self.ctl.peer_alive():
+            raise PeerError("peer not alive")
+        hello = await self._post("/ha/repl/hello", {"last_lsn": self.store.last_lsn()})
+        plsn, pepoch = int(hello["last_lsn"]), int(hello["last_epoch"])
+        common = None if plsn > self.store.last_lsn() else self._has_change(plsn, pepoch)
+        if common:
+            try:
+                self.store.changes_since(plsn, limit=1)
+                acked = plsn
+            except LogTruncated:
+                acked = await self._send_snapshot(diverged=False)
+        else:
+            acked = await self._send_snapshot(diverged=True)
+        self._acked(acked)
+        self.catching_up = acked < self.store.last_lsn()
+        if self.catching_up:
+            self.ctl.ops.console(f"REPL  catching up the peer from lsn {acked} to {self.store.last_lsn()}")
+        recorded = False  # the LockFile names the peer in sync
+        while True:
+            if recorded and not self.in_sync:
+                recorded = False  # dropped (a slow ack): earn the record again
+            if self.acked_lsn < self.store.last_lsn():
+                try:
+                    batch = self.store.changes_since(self.acked_lsn, limit=BATCH)
+                except LogTruncated:
+                    self._acked(await self._send_snapshot(diverged=False))
+                    continue
+                resp = await self._post("/ha/repl/frames", {"changes": [c.to_json() for c in batch],
+                                                            "catchup": self.catching_up}, timeout=2.0)
+                if not resp.get("ok"):
+                    raise Resync(f"peer refused a frame: {resp.get('error')}")
+                self._acked(int(resp["acked_lsn"]))
+                continue
+            if not recorded:
+                if not self.in_sync:
+                    self.in_sync = True  # from now on every new write waits for the peer...
+                    continue  # ...and whatever was committed meanwhile is shipped first
+                await self.ctl.lock.set_in_sync([self.ctl.name, str(hello.get("server", ""))])
+                recorded = True
+                self.catching_up = False
+                self.ctl.ops.console(f"REPL  peer in sync at lsn {self.acked_lsn}")
+                self.ctl.wake.set()
+            if not self.ctl.peer_alive():
+                raise PeerError("peer dead")
+            self.kick.clear()
+            if self.store.last_lsn() == self.acked_lsn:
+                try:
+                    await asyncio.wait_for(self.kick.wait(), self.ctl.cfg.HeartbeatInterval / 1000)
+                except TimeoutError:
+                    pass
+
+    async def _send_snapshot(self, diverged: bool) -> int:
+        self.catching_up = True
+        snap: bytes = await asyncio.to_thread(self.store.snapshot)
+        self.ctl.ops.console(f"REPL  sending a snapshot ({len(snap)} bytes){' to a diverged peer' if diverged else ''}")
+        resp = await self._post("/ha/repl/snapshot", {"snapshot": base64.b64encode(snap).decode(),
+                                                      "diverged": diverged}, timeout=60.0)
+        if not resp.get("ok"):
+            raise Resync(f"peer refused the snapshot: {resp.get('error')}")
+        return int(resp["acked_lsn"])
+
+    # ---- passive side ----
+    def routes(self) -> dict[tuple[str, str], Any]:
+        return {("POST", "/ha/repl/hello"): self._h_hello, ("POST", "/ha/repl/frames"): self._h_frames,
+                ("POST", "/ha/repl/snapshot"): self._h_snapshot}
+
+    def _admit(self, req: Request) -> dict[str, Any] | Response:
+        d = self.ctl._authenticate(req)
+        if isinstance(d, Response):
+            return d
+        epoch = d.get("epoch")
+        if not isinstance(epoch, int):
+            return Response.json({"ok": False, "error": "frame without an integer epoch"}, 400)
+        if self.ctl.state in HOLDING or self.ctl.lock.held:
+            return self.ctl._signed(req.path, {"ok": False, "error": f"{self.ctl.name} is {self.ctl.state}"}, 409)
+        if epoch < self.ctl.epoch:
+            log.warning("replication: refused a frame of epoch %d from %s (we know epoch %d)",
+                        epoch, req.peer, self.ctl.epoch)
+            return self.ctl._signed(req.path, {"ok": False, "error": f"stale epoch {epoch} < {self.ctl.epoch}"}, 409)
+        self.ctl.epoch = epoch
+        return d
+
+    async def _h_hello(self, req: Request) -> Response:
+        d = self._admit(req)
+        if isinstance(d, Response):
+            return d
+        st = self.store
+        return self.ctl._signed(req.path, {"ok": True, "server": self.ctl.name, "last_lsn": st.last_lsn(),
+                                           "last_epoch": st.last_change_epoch()})
+
+    async def _h_frames(self, req: Request) -> Response:
+        d = self._admit(req)
+        if isinstance(d, Response):
+            return d
+        try:
+            raw = d["changes"]
+            if not isinstance(raw, list):
+                raise ChangeRejected("changes must be a list")
+            changes = [Change.from_json(c) for c in raw]
+            await asyncio.to_thread(self.store.apply, changes)
+        except (ChangeRejected, KeyError) as exc:
+            log.warning("replication: refused a frame from %s: %s", req.peer, exc)
+            return self.ctl._signed(req.path, {"ok": False, "error": str(exc), "last_lsn": self.store.last_lsn()})
+        if d.get("catchup"):
+            self.catchup_until = time.monotonic() + 1.0
+        else:
+            self.catchup_until = 0.0
+        return self.ctl._signed(req.path, {"ok": True, "acked_lsn": self.store.last_lsn()})
+
+    async def _h_snapshot(self, req: Request) -> Response:
+        d = self._admit(req)
+        if isinstance(d, Response):
+            return d
+        try:
+            snap = base64.b64decode(d["snapshot"], validate=True)
+            if d.get("diverged"):
+                where = await asyncio.to_thread(self.ctl.ops.set_aside_store)
+                self.ctl.ops.console(f"REPL  our copy diverged from the active's: kept aside in {where}")
+            await asyncio.to_thread(self.store.restore, snap)
+        except (StoreError, KeyError, ValueError) as exc:
+            log.warning("replication: refused a snapshot from %s: %s", req.peer, exc)
+            return self.ctl._signed(req.path, {"ok": False, "error": str(exc)})
+        self.catchup_until = time.monotonic() + 1.0
+        self.ctl.ops.console(f"REPL  snapshot restored at lsn {self.store.last_lsn()}")
+        return self.ctl._signed(req.path, {"ok": True, "acked_lsn": self.store.last_lsn()})
