@@ -13,9 +13,13 @@
     │   ├── LockFileMissing    the LockFile or its folder does not exist (rule 8)
     │   └── LockLost           we held the lock and can no longer prove it
     ├── PeerError              the peer backchannel failed or refused us
-    │   └── AuthError          a frame with a wrong secret
-    └── ServerError            a server could not start or stop
-        └── AlreadyRunning     another server already runs on this profile
+    │   ├── AuthError          a frame with a wrong secret
+    │   └── PeerRefused        nothing listens on the peer's HA port (connection refused)
+    ├── ServerError            a server could not start or stop
+    │   └── AlreadyRunning     another server already runs on this profile
+    └── ClientError            (tandem.client.http) an admin-API call failed
+        ├── HTTPStatusError    the AMS answered an error status (its code and field kept)
+        └── Unreachable        no URL of the list answered within its timeouts
 
 Backends translate library errors at the boundary (`raise StoreError(...) from exc`).
 """
@@ -78,6 +82,10 @@ class PeerError(TandemError):
 
 
 class AuthError(PeerError):
+    pass
+
+
+class PeerRefused(PeerError):
     pass
 
 

@@ -74,6 +74,14 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float
     raise AssertionError(f"not within {timeout} s: {what} (last: {last!r})")
 
 
+def holds_for(pred: Callable[[], Any], seconds: float, what: str, interval: float = 0.05) -> None:
+    """A bounded observation: `pred` must stay true for `seconds`, checked every `interval`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert pred(), f"stopped holding: {what}"
+        time.sleep(interval)
+
+
 @dataclass
 class Server:
     """One `tandem server -nobackground` process (or a background one's supervisor)."""

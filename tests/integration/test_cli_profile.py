@@ -116,7 +116,10 @@ def test_profile_show_text(fresh_home: Path) -> None:
     text = ok(fresh_home, "profile", "show", "server1/AMS")
     assert text.startswith("# server1/AMS (")
     body = tomllib.loads(text)
-    assert body["server"]["ClientPort"] == 17000 and body["ha"]["WatchdogTimeout"] == 1500
+    from tandem.config import HASection
+
+    assert body["server"]["ClientPort"] == 17000
+    assert body["ha"]["WatchdogTimeout"] == HASection().WatchdogTimeout
 
 
 def test_configure_ha_updates_both_halves(home: Path) -> None:

@@ -14,6 +14,7 @@ from tandem.testing import (  # noqa: F401  (re-exported for the test modules)
     Watcher,
     free_port,
     fresh_ports,
+    holds_for,
     http_get,
     port_open,
     run_cli,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import Home, Watcher, port_open, run_cli, wait_for
+from conftest import Home, Watcher, holds_for, port_open, run_cli, wait_for
 
 PAIR = "haprofile1"
 
@@ -41,14 +41,15 @@ def test_replicated_failover_rule5_and_force_activate(home: Home) -> None:
         # rule 5: the passive (p) dies, s serves alone, then s dies; p must not activate
         p.kill9()
         s.wait_state("Standalone", timeout=5)
+        # serving alone, s records that p is no longer in sync (before it would ack any write)
+        wait_for(lambda: lock_record(home)["in_sync"] == [st["server"]], 5, "s recorded alone")
         s.kill9()
         p.start()
         waiting = p.wait_state("Waiting", timeout=10)
         assert "store may miss acknowledged writes" in waiting["waiting_reason"]
         assert st["server"] in waiting["waiting_reason"]
-        for _ in range(20):  # bounded observation, well past TakeoverWait: it keeps waiting
-            assert p.active_code() == 503 and not port_open(p.client_port)
-            wait_for(lambda: True, 0.05, "tick")
+        holds_for(lambda: p.active_code() == 503 and not port_open(p.client_port), 1.5,
+                  "a Waiting server never serves")
         # the peer that served alone returns: it activates, p catches up and becomes Passive
         s.start()
         s.wait_state("Active", "Standalone", timeout=10)
@@ -57,6 +58,7 @@ def test_replicated_failover_rule5_and_force_activate(home: Home) -> None:
         # force-activate: needs --yes; then a Waiting server activates on its own
         p.kill9()
         s.wait_state("Standalone", timeout=5)
+        wait_for(lambda: lock_record(home)["in_sync"] == [st["server"]], 5, "s recorded alone")
         s.kill9()
         p.start()
         p.wait_state("Waiting", timeout=10)

@@ -180,7 +180,10 @@ def test_timing_errors_are_timing_errors_naming_keys_and_values() -> None:
     with pytest.raises(TimingError) as info:
         parse_profile(NAME, FOLDER, with_value(ams_pair(), "ha", "TakeoverWait", 150))
     assert str(info.value).startswith(f"{NAME}: [ha] timing: ")
-    assert "LockVerifyInterval (150) + LockIOTimeout (100) = 250 must be < TakeoverWait (150)" in str(info.value)
+    d = HASection()
+    fence = d.LockVerifyInterval + d.LockIOTimeout
+    assert (f"LockVerifyInterval ({d.LockVerifyInterval}) + LockIOTimeout ({d.LockIOTimeout}) = {fence} "
+            "must be < TakeoverWait (150)") in str(info.value)
 
 
 def test_warnings() -> None:

@@ -48,7 +48,8 @@ def _post(base: str, path: str, secret: str, payload: dict[str, object]) -> http
 def _status(base: str) -> dict[str, object] | None:
     try:
         r = httpx.get(base + "/ha/status", timeout=1.0)
-        return r.json() if r.status_code == 200 else None  # type: ignore[no-any-return]
+        data: dict[str, object] | None = r.json() if r.status_code == 200 else None
+        return data
     except (httpx.HTTPError, ValueError):
         return None
 

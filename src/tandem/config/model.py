@@ -52,15 +52,15 @@ class HASection:
     ReplicationMode: ReplicationMode = "sync"
     # timing (milliseconds)
     HeartbeatInterval: int = 100
-    HeartbeatMisses: int = 3
+    HeartbeatMisses: int = 5
     LockRetryInterval: int = 50
-    LockVerifyInterval: int = 150
-    LockIOTimeout: int = 100
-    TakeoverWait: int = 300
+    LockVerifyInterval: int = 250
+    LockIOTimeout: int = 200
+    TakeoverWait: int = 600
     ProbeInterval: int = 500
     ProbeTimeout: int = 300
     ProbeFailures: int = 3
-    WatchdogTimeout: int = 1500
+    WatchdogTimeout: int = 2000
 
     @property
     def self_fence_deadline(self) -> int:

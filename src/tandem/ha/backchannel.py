@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from tandem.errors import AuthError, PeerError
+from tandem.errors import AuthError, PeerError, PeerRefused
 
 log = logging.getLogger("tandem.ha.backchannel")
 
@@ -74,6 +74,17 @@ class PeerView:
         self.heard_at = time.monotonic()
 
 
+def _refused(exc: BaseException) -> bool:
+    """ECONNREFUSED somewhere in the chain: an active answer that nothing listens there
+    (a stopped or partitioned host times out instead)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError) or "Connection refused" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 class PeerClient:
     """Signed requests to the peer's HA port, with hard timeouts."""
 
@@ -89,6 +100,10 @@ class PeerClient:
         try:
             r = await self._client.post(self.base + path, content=body, headers=headers,
                                         timeout=timeout or self.timeout)
+        except httpx.ConnectError as exc:
+            if _refused(exc):
+                raise PeerRefused(f"peer {self.base} refused the connection (nothing listens)") from exc
+            raise PeerError(f"peer {self.base} unreachable: {type(exc).__name__}") from exc
         except httpx.HTTPError as exc:
             raise PeerError(f"peer {self.base} unreachable: {type(exc).__name__}") from exc
         if r.status_code == 401:

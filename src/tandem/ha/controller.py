@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Any
 
-from tandem.errors import AuthError, LockError, PeerError, StoreError, TandemError
+from tandem.errors import AuthError, LockError, PeerError, PeerRefused, StoreError, TandemError
 from tandem.ha.backchannel import AUTH_HEADER, PeerClient, PeerView, sign, verify
 from tandem.ha.base import Controller, ServerOps
 from tandem.ha.decide import Action, Observations, decide
@@ -72,6 +72,7 @@ class HAController(Controller):
         self.last_cycle = time.monotonic()
         self.last_reason = ""
         self.peer_error = ""
+        self.peer_refused_at = 0.0  # monotonic: the peer's HA port refused us after it had answered
         self.wake = asyncio.Event()
         self.cycle_lock = asyncio.Lock()
         self.tasks: list[asyncio.Task[None]] = []
@@ -95,10 +96,15 @@ class HAController(Controller):
         if self.mode == "shared" or self.forced:
             return True
         rec = self.lock.record
+        if rec.unreadable:
+            return False
         return rec.epoch == 0 or self.name in rec.in_sync or (not rec.in_sync and rec.holder == self.name)
 
     def waiting_reason(self) -> str:
         rec = self.lock.record
+        if rec.unreadable:
+            return (f"the LockFile {self.lock.path} holds no readable Tandem record: whether our store has "
+                    "every acknowledged write is unknown (fix the file or `tandem ha force-activate`)")
         return (f"store may miss acknowledged writes: the last active {rec.holder or '?'} (epoch {rec.epoch}) "
                 f"recorded only {rec.in_sync} in sync; waiting for it to return "
                 "(or `tandem ha force-activate`)")
@@ -178,7 +184,10 @@ class HAController(Controller):
         elif action is Action.CLOSE_CLIENT:
             await self.ops.deactivate(drain_timeout=0.0)
         elif action is Action.RELEASE_LOCK:
+            released = self.lock.record.epoch if self.claimed else None
             self._release()
+            if released is not None:  # we stopped serving first: the peer need not wait
+                asyncio.get_running_loop().create_task(self._announce_release(released))
         elif action is Action.CLOSE_STORE:
             self.ops.close_store()
 
@@ -186,13 +195,16 @@ class HAController(Controller):
         before = self.lock.record.epoch
         in_sync = [self.name]
         try:
-            epoch = await self.lock.claim(in_sync, forced=self.forced)
+            store_epoch = self.ops.store.epoch if self.ops.store is not None else 0
+            epoch = await self.lock.claim(in_sync, forced=self.forced, floor=max(self.epoch, store_epoch))
         except (TimeoutError, OSError, LockError) as exc:
             await self._abort_activation(f"cannot write the LockFile: {exc or type(exc).__name__}")
             return
         now = time.monotonic()
         self.claimed, self.last_verified, self.acquired_at, self.lock_lost = True, now, now, False
-        self.skip_takeover_wait = self.handover_epoch is not None and self.handover_epoch == before
+        self.skip_takeover_wait, why = self._old_holder_gone(before)
+        if self.skip_takeover_wait:
+            self.ops.console(f"HA  no takeover wait: {why}")
         asyncio.get_running_loop().call_later(0 if self.skip_takeover_wait else self.cfg.TakeoverWait / 1000,
                                               self.wake.set)
         self.handover_epoch = None
@@ -205,6 +217,26 @@ class HAController(Controller):
                 self.ops.store.set_epoch(epoch)
             except StoreError as exc:
                 await self._abort_activation(f"store refuses epoch {epoch}: {exc}")
+
+    async def _announce_release(self, epoch: int) -> None:
+        try:
+            await self.peer_client.post("/ha/peer/takeover", {"epoch": epoch, "released": True}, timeout=1.0)
+        except PeerError:
+            pass  # best effort: without it the peer simply waits TakeoverWait
+
+    def _old_holder_gone(self, before: int) -> tuple[bool, str]:
+        """The takeover wait covers a holder that lost the lock without knowing yet.
+        It is skipped only when the holder of epoch `before` provably no longer serves:
+        it handed that epoch over, or it is our peer and its HA port (open for the
+        whole life of a server process) refused a connection after it had answered."""
+        rec = self.lock.record
+        if self.handover_epoch is not None and self.handover_epoch == before:
+            return True, f"the peer handed over epoch {before}"
+        if before == 0 and not rec.holder:
+            return True, "nobody has held the lock before"
+        if rec.holder == self.peer.name and self.peer_refused_at > self.peer.heard_at > 0:
+            return True, f"the previous holder {rec.holder} is down (its HA port refuses connections)"
+        return False, ""
 
     async def _abort_activation(self, why: str) -> None:
         self.ops.console(f"HA  activation aborted: {why}")
@@ -287,6 +319,11 @@ class HAController(Controller):
     async def _heartbeat_tick(self) -> None:
         try:
             d = await self.peer_client.post("/ha/peer/heartbeat", self.heartbeat_payload())
+        except PeerRefused as exc:
+            if self.peer.heard_at > 0:
+                self.peer_refused_at = time.monotonic()
+            self._peer_problem(str(exc))
+            return
         except (PeerError, ValueError) as exc:
             self._peer_problem(str(exc))
             return
@@ -329,10 +366,17 @@ class HAController(Controller):
                 attach(store)
         if self.cfg.Role == "secondary":
             self._hold_off(2 * self.cfg.peer_dead_after / 1000, TIE_BREAK)
+        try:  # the first decision already knows the epoch and whether we are in sync
+            await self.lock.read()
+            self.epoch = max(self.epoch, self.lock.record.epoch)
+        except (TimeoutError, OSError, LockError) as exc:
+            log.warning("reading the LockFile at start failed: %s", exc or type(exc).__name__)
         ha = self.cfg
         self.tasks = [
             asyncio.create_task(self._every(self.tick, self._cycle_tick, "cycle")),
-            asyncio.create_task(self._every(ha.LockVerifyInterval / 1000, self._verify_tick, "verify")),
+            # three attempts per period: one slow fsync on a busy disk does not cost the lock;
+            # freshness is still "a write+fsync that succeeded within the self-fence deadline"
+            asyncio.create_task(self._every(ha.LockVerifyInterval / 3000, self._verify_tick, "verify")),
             asyncio.create_task(self._every(ha.HeartbeatInterval / 1000, self._heartbeat_tick, "heartbeat")),
         ]
         if self.probe.enabled:
@@ -411,7 +455,7 @@ class HAController(Controller):
             return d
         self.handover_epoch = int(d.get("epoch", -1))
         self.hold_off_until, self.next_attempt = 0.0, 0.0
-        self.ops.console(f"HA  peer handed over at epoch={self.handover_epoch}: taking the lock")
+        self.ops.console(f"HA  peer released epoch={self.handover_epoch} after it stopped serving")
         self.wake.set()
         return self._signed(req.path, {"ok": True, "server": self.name})
 

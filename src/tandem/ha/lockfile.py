@@ -32,6 +32,8 @@ from typing import Any
 
 from tandem.errors import LockError, LockFileMissing
 
+RECORD_SIZE = 1024  # one fixed-size block, rewritten by a single pwrite: never a torn tail
+
 
 @dataclass
 class LockRecord:
@@ -41,23 +43,29 @@ class LockRecord:
     forced: bool = False
     acquired_at: float = 0.0
     verified_at: float = 0.0
+    #: the file holds something that is not a Tandem record: its epoch and in-sync
+    #: set are unknown, which never counts as permission to activate (rule 5)
+    unreadable: bool = False
 
     @classmethod
     def parse(cls, raw: bytes) -> LockRecord:
         text = raw.decode("utf-8", "replace").strip()
         if not text:
-            return cls()
+            return cls()  # a new, empty LockFile: epoch 0, nobody has served
         try:
             d = json.loads(text)
-            return cls(int(d.get("epoch", 0)), str(d.get("holder", "")), list(d.get("in_sync", [])),
+            return cls(int(d.get("epoch", 0)), str(d.get("holder", "")), [str(x) for x in d.get("in_sync", [])],
                        bool(d.get("forced", False)), float(d.get("acquired_at", 0)),
                        float(d.get("verified_at", 0)))
-        except (ValueError, TypeError, AttributeError) as exc:
-            # a file with foreign content (the seed allows "any format"): treat as epoch 0
-            raise LockError(f"LockFile content is not a Tandem record: {text[:60]!r}") from exc
+        except (ValueError, TypeError, AttributeError):
+            return cls(unreadable=True)
 
     def encode(self) -> bytes:
-        return (json.dumps(self.__dict__, sort_keys=True) + "\n").encode()
+        body = {k: v for k, v in self.__dict__.items() if k != "unreadable"}
+        data = (json.dumps(body, sort_keys=True) + "\n").encode()
+        if len(data) > RECORD_SIZE:
+            raise LockError(f"LockFile record too large ({len(data)} bytes)")
+        return data.ljust(RECORD_SIZE, b" ")
 
 
 def check_lockfile(path: str) -> None:
@@ -116,10 +124,7 @@ class LockFile:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 got = False
-            try:
-                self.record = LockRecord.parse(os.pread(fd, 4096, 0))
-            except LockError:
-                self.record = LockRecord()
+            self.record = LockRecord.parse(os.pread(fd, 4096, 0))
         except BaseException:
             os.close(fd)
             raise
@@ -140,10 +145,7 @@ class LockFile:
             return self.record  # never open a second descriptor while holding
         check_lockfile(self.path)
         with open(self.path, "rb") as f:
-            try:
-                self.record = LockRecord.parse(f.read(4096))
-            except LockError:
-                self.record = LockRecord()
+            self.record = LockRecord.parse(f.read(4096))
         return self.record
 
     async def read(self) -> LockRecord:
@@ -154,14 +156,17 @@ class LockFile:
     def _write(self, rec: LockRecord) -> None:
         assert self.fd is not None
         data = rec.encode()
-        os.pwrite(self.fd, data, 0)
-        os.ftruncate(self.fd, len(data))
+        os.pwrite(self.fd, data, 0)  # fixed size: one write, no truncate window
+        if os.fstat(self.fd).st_size > len(data):
+            os.ftruncate(self.fd, len(data))  # only ever shrinks a foreign or old-format file
         os.fsync(self.fd)
 
-    async def claim(self, in_sync: list[str], forced: bool = False) -> int:
-        """Under the lock: epoch + 1, us as holder, written and fsynced. Returns the epoch."""
+    async def claim(self, in_sync: list[str], forced: bool = False, floor: int = 0) -> int:
+        """Under the lock: epoch + 1, us as holder, written and fsynced. Returns the epoch.
+        `floor` is the highest epoch the caller knows (its store, its peer): the new
+        epoch is above it even if the file was reset or is unreadable."""
         now = time.time()
-        rec = LockRecord(self.record.epoch + 1, self.holder, in_sync, forced, now, now)
+        rec = LockRecord(max(self.record.epoch, floor) + 1, self.holder, in_sync, forced, now, now)
         await self._run(self._write, rec)
         self.record, self._claimed = rec, True
         return rec.epoch

@@ -316,7 +316,7 @@ class Replicator(Replication):
         try:
             snap = base64.b64decode(d["snapshot"], validate=True)
             if d.get("diverged"):
-                where = await asyncio.to_thread(self.ctl.ops.set_aside_store)
+                where = self.ctl.ops.set_aside_store()  # on the loop: nothing may read a closed store
                 self.ctl.ops.console(f"REPL  our copy diverged from the active's: kept aside in {where}")
             await asyncio.to_thread(self.store.restore, snap)
         except (StoreError, KeyError, ValueError) as exc:

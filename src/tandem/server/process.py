@@ -113,6 +113,10 @@ class ServerProcess:
     async def activate(self) -> None:
         if not self.client.serving:
             await self.client.start()
+            if self.profile.mode == "AMS":
+                from tandem.ams import bootstrap
+
+                bootstrap(self)  # admin token on first start; resume deployments a dead active left
 
     async def deactivate(self, drain_timeout: float) -> None:
         if self.client.serving:
@@ -148,6 +152,14 @@ class ServerProcess:
 
     async def _h_status(self, req: Request) -> Response:
         return Response.json(self.status())
+
+    async def _h_digest(self, req: Request) -> Response:
+        """Content digest of the store (equal on both halves of a pair once in sync)."""
+        store = self.store
+        if store is None:
+            return Response.json({"error": "store not open on this server"}, 409)
+        lsn, digest = await asyncio.to_thread(lambda: (store.last_lsn(), store.digest()))
+        return Response.json({"lsn": lsn, "digest": digest, "epoch": store.last_change_epoch()})
 
     async def _h_active(self, req: Request) -> Response:
         if self.controller.serving:
@@ -202,6 +214,7 @@ class ServerProcess:
             self.http.route("GET", "/ha/status", self._h_status)
             self.http.route("GET", "/ha/active", self._h_active)
             self.http.route("GET", "/metrics", self._h_metrics)
+            self.http.route("GET", "/ha/digest", self._h_digest)
             for (method, path), handler in self.controller.routes().items():
                 self.http.route(method, path, handler)
             srv = self.profile.server
@@ -237,6 +250,9 @@ def run_server(profile: Profile, db_location: str | None = None) -> int:
         runner = asyncio.run
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # request handlers run in threads; a 1 ms switch interval (default 5 ms) keeps the
+    # event loop, which runs the HA loop, from waiting behind them for the GIL
+    sys.setswitchinterval(0.001)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
 
