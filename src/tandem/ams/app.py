@@ -1,0 +1,70 @@
+"""The AMS admin API application.
+
+`create_app(server)` is called once per server process; the app is served
+whenever the server is active. It reads `server.store` per request, because
+the server opens, closes and may swap its store across failovers. Everything
+lazy is idempotent: the admin-token bootstrap and the deployment worker run
+on the first request, or earlier when the server calls `bootstrap(server)`
+on activation.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Depends, FastAPI
+from fastapi.security import HTTPBearer
+
+from tandem.ams import errors
+from tandem.ams.auth import AuthMiddleware, ensure_admin_token
+from tandem.ams.routes import config, consumers, gateway, projects
+from tandem.ams.services import Services
+from tandem.ams.state import AmsState
+from tandem.ams.worker import ensure_worker
+
+if TYPE_CHECKING:
+    from tandem.server.process import ServerProcess
+
+DESCRIPTION = """Admin API of a Tandem API Management Server.
+
+Every `/api/v1` endpoint but `/api/v1/health` needs `Authorization: Bearer <token>`:
+the admin token (created at the first start, in `<store>/admin.token`) or, for
+`/api/v1/gateway/config` only, a gateway token. Errors are JSON
+`{"code", "message", "field"?, "detail"?}`; invalid input is a 422 naming the field,
+malformed JSON a 400."""
+
+_SERVICES: weakref.WeakValueDictionary[int, Services] = weakref.WeakValueDictionary()
+bearer = HTTPBearer(auto_error=False, description="the admin token, or a gateway token for the feed")
+
+
+def create_app(server: ServerProcess | Any) -> FastAPI:
+    svc = Services(AmsState(server))
+    _SERVICES[id(server)] = svc
+    # the middleware authenticates; this dependency only documents the scheme in /openapi.json
+    secured = [Depends(bearer)]
+    app = FastAPI(title="Tandem AMS admin API", version="1", description=DESCRIPTION,
+                  responses=errors.ERROR_RESPONSES)
+    app.state.services = svc
+    errors.install(app)
+    for router in (projects.router, consumers.router, gateway.router, config.router):
+        app.include_router(router, dependencies=secured)
+
+    @app.get("/api/v1/health", tags=["health"])
+    def health() -> dict[str, Any]:
+        """Unauthenticated: is this AMS serving (load balancers prefer the HA port's /ha/active)."""
+        return {"status": "ok", "server": server.profile.server.Name}
+
+    app.add_middleware(AuthMiddleware, state=svc.state, on_request=lambda: ensure_worker(svc))
+    return app
+
+
+def bootstrap(server: ServerProcess | Any) -> None:
+    """Call on activation (store open, serving): create the admin token if the store has
+    none and start the deployment worker, so a deployment the previous active left
+    pending resumes without waiting for a request. Idempotent; call from the event loop."""
+    svc = _SERVICES.get(id(server))
+    if svc is None:
+        return
+    ensure_admin_token(svc.state)
+    ensure_worker(svc)

@@ -1,0 +1,177 @@
+"""Declarative export and import of the whole AMS configuration.
+
+The document holds projects, consumers (with key hashes and hashed
+passwords), gateway tokens (hashes) and each environment's revision and
+deployed snapshots; it leaves out what is not configuration: the admin token,
+the gateway registry and deployment history. Every list is sorted, so
+export -> import into a fresh AMS -> export gives the same document.
+
+Import is declarative and all-or-nothing: the whole document is validated
+(each part by the same models as the API, plus cross-checks: unique names,
+context paths, credentials), then ONE commit makes the configuration equal
+to it: anything absent is deleted, an environment absent from the document
+is emptied. An environment's revision becomes the document's, or one more
+than the current one if that is higher, so gateways always see a change.
+Jobs still open are marked failed ("superseded by import").
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from tandem.ams.errors import invalid
+from tandem.ams.models import JwtCredential, Name, Project, Strict, routes_conflict
+from tandem.ams.services.environments import channel, get_env, list_envs
+from tandem.ams.services.registry import JOBS_CHANNEL
+from tandem.ams.state import (
+    NS_CONSUMERS,
+    NS_DEPLOYMENTS,
+    NS_ENVS,
+    NS_GATEWAY_TOKENS,
+    NS_OPEN_JOBS,
+    NS_PROJECTS,
+    AmsState,
+    now_iso,
+)
+from tandem.store import Op
+
+FORMAT = "tandem-ams"
+HEX64 = r"^[0-9a-f]{64}$"
+
+
+class KeyRecord(Strict):
+    id: str = Field(min_length=1, max_length=64)
+    sha256: str = Field(pattern=HEX64)
+    created_at: str
+
+
+class BasicAuthRecord(Strict):
+    username: str = Field(min_length=1, max_length=128, pattern=r"^[^:\s]+$")
+    password_hash: str = Field(pattern=r"^sha256\$([0-9a-f]{2})+\$[0-9a-f]{64}$")
+
+
+class CredentialsRecord(Strict):
+    basic_auth: list[BasicAuthRecord] = Field(default_factory=list)
+    jwt: list[JwtCredential] = Field(default_factory=list)
+
+
+class ConsumerRecord(Strict):
+    name: Name
+    description: str = Field(default="", max_length=4096)
+    credentials: CredentialsRecord = Field(default_factory=CredentialsRecord)
+    keys: list[KeyRecord] = Field(default_factory=list)
+
+
+class GatewayTokenRecord(Strict):
+    id: str = Field(min_length=1, max_length=64)
+    name: str = Field(min_length=1, max_length=128)
+    created_at: str
+    sha256: str = Field(pattern=HEX64)
+
+
+class EnvironmentRecord(Strict):
+    name: Name
+    revision: int = Field(ge=0)
+    projects: list[Project] = Field(default_factory=list)
+
+
+class ExportDocument(Strict):
+    format: Literal["tandem-ams"] = "tandem-ams"
+    version: Literal[1] = 1
+    projects: list[Project] = Field(default_factory=list)
+    consumers: list[ConsumerRecord] = Field(default_factory=list)
+    gateway_tokens: list[GatewayTokenRecord] = Field(default_factory=list)
+    environments: list[EnvironmentRecord] = Field(default_factory=list)
+
+
+def export_document(state: AmsState) -> dict[str, Any]:
+    with state.lock:  # one consistent view: writers hold the lock
+        store = state.store()
+        return {
+            "format": FORMAT,
+            "version": 1,
+            "projects": [v for _, v in store.scan(NS_PROJECTS)],
+            "consumers": [v for _, v in store.scan(NS_CONSUMERS)],
+            "gateway_tokens": sorted(({**v, "sha256": k} for k, v in store.scan(NS_GATEWAY_TOKENS)),
+                                     key=lambda t: t["sha256"]),
+            "environments": [{"name": e["name"], "revision": e["revision"],
+                              "projects": [e["projects"][n] for n in sorted(e["projects"])]}
+                             for e in list_envs(store)],
+        }
+
+
+def _unique(items: list[Any], attr: str, where: str) -> None:
+    seen: dict[Any, int] = {}
+    for i, item in enumerate(items):
+        value = getattr(item, attr)
+        if value in seen:
+            raise invalid(f"{where}[{i}].{attr}", f"{value!r} repeats {where}[{seen[value]}]")
+        seen[value] = i
+
+
+def _no_route_clash(projects: list[dict[str, Any]], where: str) -> None:
+    for i, p in enumerate(projects):
+        for j in range(i):
+            if routes_conflict(projects[j], p):
+                raise invalid(f"{where}[{i}].context_path",
+                              f"{p['context_path']!r} clashes with {where}[{j}] ({projects[j]['name']!r})")
+
+
+def check_document(doc: ExportDocument) -> None:
+    """Cross-checks the per-field models cannot make; raise 422 naming the field."""
+    _unique(doc.projects, "name", "projects")
+    _no_route_clash([p.model_dump(mode="json") for p in doc.projects], "projects")
+    _unique(doc.consumers, "name", "consumers")
+    _unique(doc.gateway_tokens, "sha256", "gateway_tokens")
+    _unique(doc.environments, "name", "environments")
+    for i, env in enumerate(doc.environments):
+        _unique(env.projects, "name", f"environments[{i}].projects")
+        _no_route_clash([p.model_dump(mode="json") for p in env.projects], f"environments[{i}].projects")
+    keys: dict[str, str] = {}
+    owners: dict[tuple[str, str], str] = {}
+    for i, c in enumerate(doc.consumers):
+        for j, k in enumerate(c.keys):
+            if k.sha256 in keys or k.id in keys.values():
+                raise invalid(f"consumers[{i}].keys[{j}]", f"key {k.id!r} appears twice")
+            keys[k.sha256] = k.id
+        for kind, ids in (("basic_auth", [b.username for b in c.credentials.basic_auth]),
+                          ("jwt", [t.key for t in c.credentials.jwt])):
+            for ident in ids:
+                if (kind, ident) in owners:
+                    raise invalid(f"consumers[{i}].credentials.{kind}",
+                                  f"{ident!r} also belongs to consumer {owners[(kind, ident)]!r}")
+                owners[(kind, ident)] = c.name
+
+
+def import_document(state: AmsState, doc: ExportDocument) -> dict[str, Any]:
+    check_document(doc)
+    with state.lock:
+        store = state.store()
+        ops: list[Op] = []
+        for ns, wanted in ((NS_PROJECTS, {p.name: p.model_dump(mode="json") for p in doc.projects}),
+                           (NS_CONSUMERS, {c.name: c.model_dump(mode="json") for c in doc.consumers}),
+                           (NS_GATEWAY_TOKENS, {t.sha256: t.model_dump(mode="json", exclude={"sha256"})
+                                                for t in doc.gateway_tokens})):
+            ops += [Op(ns, key, None) for key, _ in store.scan(ns) if key not in wanted]
+            ops += [Op(ns, key, value) for key, value in sorted(wanted.items())]
+        channels = [JOBS_CHANNEL]
+        imported = {e.name: e for e in doc.environments}
+        for name in sorted(set(imported) | {e["name"] for e in list_envs(store)}):
+            current = store.get(NS_ENVS, name)
+            revision = imported[name].revision if name in imported else 0
+            if current is not None:
+                revision = max(revision, int(get_env(store, name)["revision"]) + 1)
+            projects = {p.name: p.model_dump(mode="json") for p in imported[name].projects} if name in imported else {}
+            ops.append(Op(NS_ENVS, name, {"name": name, "revision": revision, "projects": projects}))
+            channels.append(channel(name))
+        for job_id, _ in store.scan(NS_OPEN_JOBS):
+            job = store.get(NS_DEPLOYMENTS, job_id)
+            if job is not None:
+                ops.append(Op(NS_DEPLOYMENTS, job_id, {**job, "status": "failed", "error": "superseded by import",
+                                                      "updated_at": now_iso()}))
+            ops.append(Op(NS_OPEN_JOBS, job_id, None))
+        change = state.commit(ops, *channels)
+    return {"projects": len(doc.projects), "consumers": len(doc.consumers),
+            "gateway_tokens": len(doc.gateway_tokens), "environments": len(doc.environments), "lsn": change.lsn}

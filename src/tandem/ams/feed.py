@@ -1,0 +1,69 @@
+"""The configuration document an AGS pulls (docs/config-feed.md), as pure functions.
+
+Both sides use these: the AMS builds a document with `build_document`, the
+gateway checks one with `verify_document` before it replaces a good
+configuration. The digest is the sha256 hex of the canonical JSON
+(`json.dumps(obj, sort_keys=True, separators=(",", ":"))`, UTF-8) of
+`{"environment", "revision", "projects", "consumers"}`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+DIGEST_FIELDS = ("environment", "revision", "projects", "consumers")
+
+
+def canonical_json(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def document_digest(doc: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical_json({k: doc[k] for k in DIGEST_FIELDS})).hexdigest()
+
+
+def feed_consumer(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A consumer as a gateway sees it: key hashes and hashed credentials, no clear secret
+    except JWT HMAC secrets (a gateway cannot verify an HS256 token without one)."""
+    return {
+        "name": record["name"],
+        "keys": [{"id": k["id"], "sha256": k["sha256"]} for k in record.get("keys", [])],
+        "credentials": record.get("credentials", {}),
+    }
+
+
+def build_document(environment: str, revision: int, projects: Mapping[str, Any],
+                   consumers: Iterable[Mapping[str, Any]], generated_at: str) -> dict[str, Any]:
+    """The 200 body of the feed; projects and consumers sorted by name."""
+    doc: dict[str, Any] = {
+        "environment": environment,
+        "revision": revision,
+        "generated_at": generated_at,
+        "projects": [projects[name] for name in sorted(projects)],
+        "consumers": sorted((feed_consumer(c) for c in consumers), key=lambda c: str(c["name"])),
+    }
+    doc["digest"] = document_digest(doc)
+    return doc
+
+
+def verify_document(doc: Any) -> str | None:
+    """Why `doc` must not be applied, or None when it is whole and untampered."""
+    if not isinstance(doc, dict):
+        return f"expected an object, got {type(doc).__name__}"
+    for key in (*DIGEST_FIELDS, "digest"):
+        if key not in doc:
+            return f"missing field {key!r}"
+    if not isinstance(doc["revision"], int) or isinstance(doc["revision"], bool) or doc["revision"] < 0:
+        return f"revision: expected a non-negative integer, got {doc['revision']!r}"
+    if not isinstance(doc["projects"], list) or not isinstance(doc["consumers"], list):
+        return "projects and consumers must be lists"
+    try:
+        expected = document_digest(doc)
+    except (TypeError, ValueError) as exc:
+        return f"cannot canonicalise: {exc}"
+    if doc["digest"] != expected:
+        return f"digest mismatch: document says {doc['digest']!r}, content hashes to {expected!r}"
+    return None

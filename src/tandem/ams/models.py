@@ -1,0 +1,211 @@
+"""The AMS domain documents as strict pydantic models: projects and consumers.
+
+What a client sends is validated here before anything reaches the store;
+what the store holds is `model_dump(mode="json")` of these models (plus the
+server-managed parts of a consumer: hashed credentials and keys). Strings are
+kept as given (a target URL is not rewritten) so that export/import round-trips
+byte for byte.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tandem.ams.policies import HTTP_METHOD, Policy
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN, description="letters, digits, '.', '_', '-'; at most 64")]
+HOST_PATTERN = r"^(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*(:[0-9]{1,5})?$"
+_SEGMENT_BAD = re.compile(r"(^|/)\.{1,2}(/|$)|//|[?#\s\\]")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Target(Strict):
+    url: str = Field(pattern=r"^https?://", max_length=2048, examples=["http://127.0.0.1:9000/v1"])
+    weight: int = Field(default=1, ge=0, le=1000)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return check_target_url(v)
+
+
+def check_target_url(v: str) -> str:
+    """An absolute http(s) URL with a host and no query, fragment or credentials."""
+    try:
+        parts = urlsplit(v)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL: {exc}") from exc
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("must be an http:// or https:// URL")
+    if not parts.hostname:
+        raise ValueError("must name a host")
+    if port == 0:
+        raise ValueError("port must be 1-65535")
+    if parts.query or parts.fragment or "#" in v or "?" in v:
+        raise ValueError("must not have a query or fragment")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not carry credentials")
+    if any(c.isspace() for c in v):
+        raise ValueError("must not contain whitespace")
+    return v
+
+
+def check_context_path(v: str) -> str:
+    """A path prefix: starts with '/', no empty, '.' or '..' segments; trailing '/' dropped."""
+    if not v.startswith("/"):
+        raise ValueError("must start with '/'")
+    if _SEGMENT_BAD.search(v.rstrip("/") or "/") and v != "/":
+        raise ValueError("must not contain '//', '.' or '..' segments, '?', '#', '\\' or whitespace")
+    return v.rstrip("/") or "/"
+
+
+class Resource(Strict):
+    path: str = Field(pattern=r"^/", max_length=2048)
+    method: HTTP_METHOD
+    operation_id: str | None = Field(default=None, max_length=256)
+    summary: str | None = Field(default=None, max_length=1024)
+
+
+class Project(Strict):
+    """An API project: what one context path of a gateway serves."""
+
+    name: Name
+    version: str = Field(default="1", min_length=1, max_length=64, pattern=r"^[^\s]+$")
+    description: str = Field(default="", max_length=4096)
+    context_path: str = Field(pattern=r"^/", max_length=512, examples=["/petstore"])
+    targets: list[Target] = Field(min_length=1, max_length=100)
+    hosts: list[Annotated[str, Field(pattern=HOST_PATTERN, max_length=253)]] = Field(default_factory=list,
+                                                                                     max_length=100)
+    methods: list[HTTP_METHOD] = Field(default_factory=list)
+    resources: list[Resource] = Field(default_factory=list, max_length=10_000)
+    policies: list[Policy] = Field(default_factory=list, max_length=50)
+
+    @field_validator("context_path")
+    @classmethod
+    def _context_path(cls, v: str) -> str:
+        return check_context_path(v)
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        lowered = [h.lower() for h in v]
+        if len(set(lowered)) != len(lowered):
+            raise ValueError("hosts must not repeat")
+        return lowered
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("methods must not repeat")
+        return v
+
+    @model_validator(mode="after")
+    def _one_policy_per_type(self) -> Project:
+        seen: set[str] = set()
+        for i, p in enumerate(self.policies):
+            if p.type in seen:
+                raise FieldError(("policies", i, "type"), f"a second {p.type!r} policy (one of each type per project)")
+            seen.add(p.type)
+        if not any(t.weight > 0 for t in self.targets):
+            raise FieldError(("targets",), "at least one target needs a weight > 0")
+        return self
+
+
+class FieldError(ValueError):
+    """A model-level check that blames one field: the app's error formatter appends
+    `path` to the location pydantic reports, so the response names the field."""
+
+    def __init__(self, path: tuple[str | int, ...], reason: str) -> None:
+        super().__init__(reason)
+        self.path = path
+
+
+def routes_conflict(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Two projects cannot be served side by side: same context path and overlapping
+    hosts (an empty host list matches every host)."""
+    if a.get("context_path") != b.get("context_path"):
+        return False
+    ha, hb = set(a.get("hosts") or []), set(b.get("hosts") or [])
+    return not ha or not hb or bool(ha & hb)
+
+
+# ---- consumers ----
+
+class BasicAuthCredentialIn(Strict):
+    username: str = Field(min_length=1, max_length=128, pattern=r"^[^:\s]+$")
+    password: str = Field(min_length=8, max_length=1024)
+
+
+class JwtCredential(Strict):
+    """A JWT issuer of this consumer: `key` matches the policy's `key_claim` (default `iss`)."""
+
+    key: str = Field(min_length=1, max_length=256)
+    algorithm: Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384"] = "HS256"
+    secret: str | None = Field(default=None, min_length=16, max_length=4096)
+    public_key: str | None = Field(default=None, min_length=1, max_length=16_384)
+
+    @model_validator(mode="after")
+    def _key_material(self) -> JwtCredential:
+        if self.algorithm.startswith("HS"):
+            if self.secret is None or self.public_key is not None:
+                raise ValueError(f"{self.algorithm} needs 'secret' (and no 'public_key')")
+        elif self.public_key is None or self.secret is not None:
+            raise ValueError(f"{self.algorithm} needs 'public_key' (and no 'secret')")
+        return self
+
+
+class CredentialsIn(Strict):
+    basic_auth: list[BasicAuthCredentialIn] = Field(default_factory=list, max_length=20)
+    jwt: list[JwtCredential] = Field(default_factory=list, max_length=20)
+
+    @model_validator(mode="after")
+    def _unique(self) -> CredentialsIn:
+        for field, values in (("basic_auth", [c.username for c in self.basic_auth]),
+                              ("jwt", [c.key for c in self.jwt])):
+            if len(set(values)) != len(values):
+                raise FieldError((field,), "the same username/key twice")
+        return self
+
+
+class ConsumerIn(Strict):
+    """A consumer (application) as a client creates or replaces it. Passwords are
+    stored salted and hashed; API keys are issued separately."""
+
+    name: Name
+    description: str = Field(default="", max_length=4096)
+    credentials: CredentialsIn = Field(default_factory=CredentialsIn)
+
+
+class ConsumerUpdate(Strict):
+    description: str = Field(default="", max_length=4096)
+    credentials: CredentialsIn = Field(default_factory=CredentialsIn)
+
+
+class KeyOut(Strict):
+    id: str
+    created_at: str
+
+
+class ConsumerOut(Strict):
+    name: str
+    description: str
+    credentials: dict[str, list[dict[str, str]]] = Field(
+        description="usernames and JWT keys; passwords and secrets are never shown")
+    keys: list[KeyOut]
+
+
+class IssuedKey(Strict):
+    id: str
+    consumer: str
+    key: str = Field(description="the clear API key: shown once, only its sha256 is stored")
+    created_at: str

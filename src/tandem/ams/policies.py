@@ -1,0 +1,222 @@
+"""Policy models: one strict pydantic model per policy `type`.
+
+A project's `policies` is a list of `{"type": ..., ...}` objects. The AMS
+validates them here before anything is stored, and the gateway reuses the
+same models to read a configuration document, so both sides agree on every
+parameter: `Policy` is the discriminated union, `parse_policy(dict)` validates
+one, `POLICY_TYPES` lists the known types. Every model forbids unknown keys.
+Durations are in seconds unless the name says otherwise.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+
+HEADER_NAME = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$"  # an RFC 9110 token
+HTTP_METHOD = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"]
+_HEADER_RE = re.compile(HEADER_NAME)
+
+HeaderName = Annotated[str, Field(pattern=HEADER_NAME)]
+HeaderValue = Annotated[str, Field(max_length=4096, pattern=r"^[^\r\n\x00]*$")]
+
+
+class _Policy(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ApiKeyPolicy(_Policy):
+    """Require a consumer's API key, from a header or (if set) a query parameter."""
+
+    type: Literal["api-key"]
+    header: HeaderName = "X-API-Key"
+    query_param: str | None = Field(default=None, min_length=1, max_length=128)
+    hide_credentials: bool = True
+
+
+class JwtPolicy(_Policy):
+    """Require a JWT (Bearer); the consumer is the one whose jwt credential `key` equals `key_claim`."""
+
+    type: Literal["jwt"]
+    header: HeaderName = "Authorization"
+    algorithms: list[Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384"]] = Field(
+        default_factory=lambda: ["HS256", "RS256"], min_length=1)  # type: ignore[arg-type]
+    key_claim: str = Field(default="iss", min_length=1, max_length=64)
+    issuer: str | None = None
+    audience: str | None = None
+    required_claims: list[str] = Field(default_factory=lambda: ["exp"])
+    leeway: float = Field(default=0, ge=0, le=3600)
+
+
+class BasicAuthPolicy(_Policy):
+    """Require HTTP Basic credentials of a consumer."""
+
+    type: Literal["basic-auth"]
+    realm: str = Field(default="tandem", min_length=1, max_length=128, pattern=r'^[^"\r\n]*$')
+    hide_credentials: bool = True
+
+
+class RateLimitPolicy(_Policy):
+    """At most `limit` requests per `window` seconds per consumer or client IP.
+
+    `scope = "node"` counts on each gateway; `"cluster"` shares counters across
+    the gateways of the environment (replicated store or Redis)."""
+
+    type: Literal["rate-limit"]
+    limit: int = Field(ge=1, le=1_000_000_000)
+    window: int = Field(default=1, ge=1, le=86_400)
+    by: Literal["consumer", "ip"] = "ip"
+    scope: Literal["node", "cluster"] = "node"
+
+
+class QuotaPolicy(_Policy):
+    """At most `limit` requests per calendar `period` per consumer or IP; counters survive failover."""
+
+    type: Literal["quota"]
+    limit: int = Field(ge=1, le=10**12)
+    period: Literal["minute", "hour", "day", "week", "month"] = "day"
+    by: Literal["consumer", "ip"] = "consumer"
+
+
+class IpFilterPolicy(_Policy):
+    """Allow or deny client addresses by CIDR; deny wins; a non-empty allow list denies the rest."""
+
+    type: Literal["ip-filter"]
+    allow: list[str] = Field(default_factory=list, max_length=1000)
+    deny: list[str] = Field(default_factory=list, max_length=1000)
+
+    @field_validator("allow", "deny")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        for item in v:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{item!r} is not an IP address or CIDR network") from exc
+        return v
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> IpFilterPolicy:
+        if not self.allow and not self.deny:
+            raise ValueError("at least one of allow or deny must list an address")
+        return self
+
+
+class CorsPolicy(_Policy):
+    type: Literal["cors"]
+    allow_origins: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    allow_methods: list[HTTP_METHOD] = Field(
+        default_factory=lambda: ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"])  # type: ignore[arg-type]
+    allow_headers: list[HeaderName] = Field(default_factory=list)
+    expose_headers: list[HeaderName] = Field(default_factory=list)
+    allow_credentials: bool = False
+    max_age: int = Field(default=600, ge=0, le=86_400)
+
+    @model_validator(mode="after")
+    def _credentials_need_origins(self) -> CorsPolicy:
+        if self.allow_credentials and "*" in self.allow_origins:
+            raise ValueError("allow_credentials requires explicit allow_origins, not '*'")
+        return self
+
+
+class _HeadersPolicy(_Policy):
+    """Edit headers: `remove` first, then `set` (replace), then `add` (append)."""
+
+    set: dict[str, HeaderValue] = Field(default_factory=dict)
+    add: dict[str, HeaderValue] = Field(default_factory=dict)
+    remove: list[HeaderName] = Field(default_factory=list)
+
+    @field_validator("set", "add")
+    @classmethod
+    def _names(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            if not _HEADER_RE.match(name):
+                raise ValueError(f"{name!r} is not a valid header name")
+        return v
+
+    @model_validator(mode="after")
+    def _something(self) -> _HeadersPolicy:
+        if not (self.set or self.add or self.remove):
+            raise ValueError("at least one of set, add or remove must be given")
+        return self
+
+
+class RequestHeadersPolicy(_HeadersPolicy):
+    type: Literal["request-headers"]
+
+
+class ResponseHeadersPolicy(_HeadersPolicy):
+    type: Literal["response-headers"]
+
+
+class CachePolicy(_Policy):
+    """Cache responses of `methods` with `status_codes` for `ttl` seconds, per node."""
+
+    type: Literal["cache"]
+    ttl: int = Field(ge=1, le=86_400)
+    methods: list[Literal["GET", "HEAD"]] = Field(default_factory=lambda: ["GET", "HEAD"],  # type: ignore[arg-type]
+                                                   min_length=1)
+    status_codes: list[Annotated[int, Field(ge=200, le=599)]] = Field(default_factory=lambda: [200], min_length=1)
+    vary: list[HeaderName] = Field(default_factory=list)
+    max_body_bytes: int = Field(default=1_048_576, ge=1, le=100 * 1_048_576)
+    max_entries: int = Field(default=10_000, ge=1, le=10_000_000)
+
+
+class TimeoutPolicy(_Policy):
+    """Upstream timeouts; a read that exceeds `read` answers 504."""
+
+    type: Literal["timeout"]
+    connect: float = Field(default=5.0, gt=0, le=600)
+    read: float = Field(default=30.0, gt=0, le=3600)
+
+
+class RetryPolicy(_Policy):
+    """Retry a failed upstream attempt on another target (idempotent methods only by default)."""
+
+    type: Literal["retry"]
+    attempts: int = Field(default=2, ge=1, le=10)
+    backoff: float = Field(default=0.05, ge=0, le=60)
+    on_status: list[Annotated[int, Field(ge=500, le=599)]] = Field(default_factory=lambda: [502, 503, 504])
+    methods: list[HTTP_METHOD] = Field(
+        default_factory=lambda: ["GET", "HEAD", "PUT", "DELETE", "OPTIONS"])  # type: ignore[arg-type]
+
+
+class DeliveryPolicy(_Policy):
+    """`mode = "queued"`: the gateway stores the request durably, answers 202 and delivers it later."""
+
+    type: Literal["delivery"]
+    mode: Literal["direct", "queued"] = "queued"
+    max_attempts: int = Field(default=10, ge=1, le=1000)
+    backoff_initial: float = Field(default=0.5, gt=0, le=3600)
+    backoff_max: float = Field(default=60.0, gt=0, le=86_400)
+    ttl: int = Field(default=86_400, ge=1, le=30 * 86_400)
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> DeliveryPolicy:
+        if self.backoff_max < self.backoff_initial:
+            raise ValueError("backoff_max must be >= backoff_initial")
+        return self
+
+
+POLICY_MODELS: tuple[type[_Policy], ...] = (
+    ApiKeyPolicy, JwtPolicy, BasicAuthPolicy, RateLimitPolicy, QuotaPolicy, IpFilterPolicy, CorsPolicy,
+    RequestHeadersPolicy, ResponseHeadersPolicy, CachePolicy, TimeoutPolicy, RetryPolicy, DeliveryPolicy,
+)
+POLICY_TYPES: tuple[str, ...] = tuple(m.model_fields["type"].annotation.__args__[0]  # type: ignore[union-attr]
+                                      for m in POLICY_MODELS)
+
+Policy = Annotated[
+    ApiKeyPolicy | JwtPolicy | BasicAuthPolicy | RateLimitPolicy | QuotaPolicy | IpFilterPolicy | CorsPolicy
+    | RequestHeadersPolicy | ResponseHeadersPolicy | CachePolicy | TimeoutPolicy | RetryPolicy | DeliveryPolicy,
+    Field(discriminator="type"),
+]
+_ADAPTER: TypeAdapter[Any] = TypeAdapter(Policy)  # type: ignore[arg-type]
+
+
+def parse_policy(data: Any) -> _Policy:
+    """Validate one policy object; raises pydantic.ValidationError naming the bad field."""
+    result: _Policy = _ADAPTER.validate_python(data)
+    return result

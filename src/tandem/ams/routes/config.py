@@ -1,0 +1,56 @@
+"""/api/v1/export, /api/v1/import and /api/v1/import/openapi."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Depends, Query, Request
+
+from tandem.ams.errors import CONFLICT
+from tandem.ams.export import ExportDocument, export_document, import_document
+from tandem.ams.models import NAME_PATTERN, Project
+from tandem.ams.openapi_import import parse_document, project_from_openapi
+from tandem.ams.routes import services
+from tandem.ams.schemas import ImportResult
+from tandem.ams.services import Services
+
+router = APIRouter(prefix="/api/v1", tags=["configuration"], responses=CONFLICT)
+Svc = Annotated[Services, Depends(services)]
+
+OPENAPI_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "an OpenAPI 3 document, JSON or YAML",
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "application/yaml": {"schema": {"type": "object"}},
+        },
+    }
+}
+
+
+@router.get("/export", response_model=ExportDocument)
+def export_configuration(svc: Svc) -> Any:
+    """The whole configuration as one declarative document (sorted; no timestamps of activity)."""
+    return export_document(svc.state)
+
+
+@router.post("/import", response_model=ImportResult)
+def import_configuration(doc: ExportDocument, svc: Svc) -> Any:
+    """Make the configuration equal to the document, in one change, or change nothing."""
+    return import_document(svc.state, doc)
+
+
+@router.post("/import/openapi", status_code=201, response_model=Project, openapi_extra=OPENAPI_BODY)
+async def import_openapi(
+    request: Request,
+    svc: Svc,
+    name: Annotated[str | None, Query(pattern=NAME_PATTERN, max_length=64)] = None,
+    context_path: Annotated[str | None, Query(max_length=512)] = None,
+    target: Annotated[str | None, Query(max_length=2048)] = None,
+) -> Any:
+    """Create a project from an OpenAPI 3 document: one resource per path and operation."""
+    doc = parse_document(await request.body())
+    project = Project.model_validate(project_from_openapi(doc, name, context_path, target))
+    return await anyio.to_thread.run_sync(svc.projects.create, project)

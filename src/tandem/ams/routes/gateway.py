@@ -1,0 +1,94 @@
+"""The config feed an AGS long-polls, the gateway registry, and gateway tokens."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi.responses import JSONResponse
+
+from tandem.ams.errors import NOT_FOUND
+from tandem.ams.feed import build_document
+from tandem.ams.models import NAME_PATTERN
+from tandem.ams.routes import services
+from tandem.ams.schemas import ConfigDocument, Gateway, GatewayToken, GatewayTokenRequest, IssuedGatewayToken
+from tandem.ams.services import Services
+from tandem.ams.services.environments import channel, get_env
+from tandem.ams.state import NS_CONSUMERS, now_iso
+
+router = APIRouter(prefix="/api/v1", tags=["gateways"], responses=NOT_FOUND)
+Svc = Annotated[Services, Depends(services)]
+MAX_WAIT = 30.0
+SLICE = 0.5  # a held poll re-checks that this server still serves this often
+
+
+def _document(svc: Services, env: str) -> dict[str, Any]:
+    with svc.state.lock:  # writers hold it: revision, projects and consumers from one moment
+        store = svc.state.store()
+        record = get_env(store, env)
+        consumers = [v for _, v in store.scan(NS_CONSUMERS)]
+    return build_document(env, int(record["revision"]), record["projects"], consumers, now_iso())
+
+
+def _revision(svc: Services, env: str) -> int:
+    return int(get_env(svc.state.store(), env)["revision"])
+
+
+@router.get("/gateway/config", response_model=ConfigDocument,
+            responses={304: {"description": "the revision did not change within `wait` seconds"}})
+async def gateway_config(
+    svc: Svc,
+    environment: Annotated[str, Query(pattern=NAME_PATTERN, max_length=64)] = "default",
+    revision: Annotated[int, Query(ge=0, description="the revision the gateway has; 0 for none")] = 0,
+    wait: Annotated[float, Query(ge=0, le=3600, description="seconds to hold the poll (at most 30)")] = MAX_WAIT,
+    gateway: Annotated[str | None, Query(pattern=NAME_PATTERN, max_length=64)] = None,
+    pair: Annotated[str | None, Query(max_length=128)] = None,
+    state: Annotated[str | None, Query(max_length=32)] = None,
+    applied: Annotated[int | None, Query(ge=0)] = None,
+) -> Response:
+    """Long poll (docs/config-feed.md): 200 with the whole document as soon as the environment's
+    revision differs from `revision`, else 304 after `wait` seconds. Registers the gateway."""
+    if gateway is not None:
+        await anyio.to_thread.run_sync(svc.registry.register, environment, gateway, pair, state, applied)
+        svc.state.poll_started(environment, gateway)
+    deadline = time.monotonic() + min(wait, MAX_WAIT)
+    try:
+        with svc.state.hub.subscribe([channel(environment)]) as sub:
+            while True:
+                current = await anyio.to_thread.run_sync(_revision, svc, environment)
+                if current != revision:
+                    doc = await anyio.to_thread.run_sync(_document, svc, environment)
+                    return JSONResponse(doc)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not svc.state.serving():
+                    return Response(status_code=304)
+                await sub.wait(min(remaining, SLICE))
+    finally:
+        if gateway is not None:
+            svc.state.poll_ended(environment, gateway)
+
+
+@router.get("/gateways", response_model=list[Gateway])
+def list_gateways(svc: Svc) -> Any:
+    """Every AGS that pulls configuration: pair, HA state, applied revision, last seen."""
+    return svc.registry.listing()
+
+
+@router.post("/gateway-tokens", status_code=201, response_model=IssuedGatewayToken)
+def issue_gateway_token(body: GatewayTokenRequest, svc: Svc) -> Any:
+    """A token for an AGS (its profile's `[gateway] Token`); shown once, opens only the config feed."""
+    return svc.tokens.issue(body.name)
+
+
+@router.get("/gateway-tokens", response_model=list[GatewayToken])
+def list_gateway_tokens(svc: Svc) -> Any:
+    return svc.tokens.list()
+
+
+@router.delete("/gateway-tokens/{token_id}", status_code=204)
+def revoke_gateway_token(token_id: Annotated[str, Path(max_length=64)], svc: Svc) -> Response:
+    svc.tokens.revoke(token_id)
+    return Response(status_code=204)
+

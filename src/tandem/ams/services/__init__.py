@@ -1,0 +1,24 @@
+"""Domain services of the AMS: each validates, then commits through the Store."""
+
+from __future__ import annotations
+
+from tandem.ams.services.consumers import ConsumerService
+from tandem.ams.services.deployments import DeploymentService
+from tandem.ams.services.projects import ProjectService
+from tandem.ams.services.registry import RegistryService
+from tandem.ams.services.tokens import TokenService
+from tandem.ams.state import AmsState
+
+
+class Services:
+    def __init__(self, state: AmsState) -> None:
+        self.state = state
+        self.projects = ProjectService(state)
+        self.consumers = ConsumerService(state)
+        self.registry = RegistryService(state)
+        self.deployments = DeploymentService(state, self.registry)
+        self.tokens = TokenService(state)
+
+
+__all__ = ["ConsumerService", "DeploymentService", "ProjectService", "RegistryService", "Services",
+           "TokenService"]

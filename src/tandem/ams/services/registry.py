@@ -1,0 +1,79 @@
+"""The gateway registry: every AGS that polls the config feed.
+
+An entry is keyed by environment and gateway name and records the pair, the
+HA state and the applied revision the gateway reported, and when it was last
+seen. It is stored (so a new active AMS knows the gateways at once), but a
+poll only commits when something changed or the stored `last_seen` is older
+than `REFRESH` seconds, so idle long polls do not flood the change log.
+
+A gateway is *live* when it was seen within `LIVE_WINDOW` seconds or is held
+in a long poll on this AMS right now; deployments wait for live gateways only.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from tandem.ams.services.environments import get_env
+from tandem.ams.state import NS_GATEWAYS, AmsState, now_iso, parse_iso
+from tandem.store import Op
+
+LIVE_WINDOW = 30.0
+REFRESH = 10.0
+JOBS_CHANNEL = "jobs"
+
+
+def registry_key(env: str, name: str) -> str:
+    return f"{env}/{name}"
+
+
+class RegistryService:
+    def __init__(self, state: AmsState) -> None:
+        self.state = state
+
+    def register(self, env: str, name: str, pair: str | None, ha_state: str | None, applied: int | None) -> None:
+        now = time.time()
+        with self.state.lock:
+            store = self.state.store()
+            key = registry_key(env, name)
+            old = store.get(NS_GATEWAYS, key)
+            entry = {
+                "name": name,
+                "environment": env,
+                "pair": pair if pair is not None else (old or {}).get("pair"),
+                "state": ha_state if ha_state is not None else (old or {}).get("state"),
+                "applied": applied if applied is not None else (old or {}).get("applied", 0),
+                "last_seen": now_iso(now),
+            }
+            if old is not None:
+                same = all(old.get(k) == entry[k] for k in ("pair", "state", "applied"))
+                if same and now - parse_iso(old["last_seen"]) < REFRESH:
+                    return
+            self.state.commit([Op(NS_GATEWAYS, key, entry)], JOBS_CHANNEL)
+
+    def entries(self, env: str | None = None) -> list[dict[str, Any]]:
+        store = self.state.store()
+        prefix = f"{env}/" if env is not None else ""
+        return [dict(v) for k, v in store.scan(NS_GATEWAYS, prefix) if env is None or k.startswith(prefix)]
+
+    def live(self, env: str) -> list[dict[str, Any]]:
+        now = time.time()
+        polling = self.state.polling_now(env)
+        return [e for e in self.entries(env)
+                if e["name"] in polling or now - parse_iso(e["last_seen"]) < LIVE_WINDOW]
+
+    def listing(self) -> list[dict[str, Any]]:
+        """`GET /api/v1/gateways`: every entry with `live` and the environment's current revision."""
+        store = self.state.store()
+        out = []
+        now = time.time()
+        revisions: dict[str, int] = {}
+        for e in self.entries():
+            env = e["environment"]
+            if env not in revisions:
+                revisions[env] = int(get_env(store, env)["revision"])
+            live = e["name"] in self.state.polling_now(env) or now - parse_iso(e["last_seen"]) < LIVE_WINDOW
+            out.append({**e, "live": live, "revision": revisions[env],
+                        "in_sync": e.get("applied") == revisions[env]})
+        return out

@@ -1,0 +1,93 @@
+"""What the AMS app shares between requests: the server, the writer lock, the hub.
+
+Nothing here caches domain data: every read goes to `server.store`, looked up
+per call because the server may close and reopen (or swap) its store across a
+failover. Writes are validated, then committed under `lock`, the one writer
+lock of this process, so a uniqueness check and its commit are atomic.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from tandem.ams.errors import ApiError
+from tandem.ams.notify import Hub
+from tandem.errors import StoreError
+from tandem.store import Change, Op, Store
+
+log = logging.getLogger("tandem.ams")
+
+# store namespaces (all replicated: they go through Store.commit)
+NS_SETTINGS = "ams.settings"          # admin_token -> {"sha256"}
+NS_PROJECTS = "ams.projects"          # name -> Project
+NS_CONSUMERS = "ams.consumers"        # name -> consumer record (hashed credentials, keys)
+NS_ENVS = "ams.environments"          # env -> {"name", "revision", "projects": {name: snapshot}}
+NS_DEPLOYMENTS = "ams.deployments"    # id -> job
+NS_OPEN_JOBS = "ams.open-jobs"        # id -> {} while a job is pending or in progress
+NS_GATEWAYS = "ams.gateways"          # "env/name" -> registry entry
+NS_GATEWAY_TOKENS = "ams.gateway-tokens"  # sha256 -> {"id", "name", "created_at"}
+
+
+def now_iso(ts: float | None = None) -> str:
+    return datetime.fromtimestamp(time.time() if ts is None else ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_iso(text: str) -> float:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
+class AmsState:
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.lock = threading.RLock()
+        self.hub = Hub()
+        self._polling: Counter[tuple[str, str]] = Counter()
+        self._polling_lock = threading.Lock()
+        self.worker: Any = None  # asyncio.Task of the deployment worker, started lazily
+        self.bootstrapped: int | None = None  # id() of the store the admin token was checked in
+
+    def __repr__(self) -> str:
+        return f"<AmsState server={getattr(self.server.profile, 'name', '?')} store={self.server.store!r}>"
+
+    def store(self) -> Store:
+        store: Store | None = self.server.store
+        if store is None:
+            raise ApiError(503, "unavailable", "the store is not open: this server is not serving")
+        return store
+
+    def serving(self) -> bool:
+        """False once the server stopped serving (long polls end, the worker stops writing)."""
+        client = getattr(self.server, "client", None)
+        return self.server.store is not None and (client is None or bool(getattr(client, "serving", True)))
+
+    def commit(self, ops: Sequence[Op], *channels: str) -> Change:
+        """Commit (caller holds `lock`), then wake whoever waits on `channels`."""
+        try:
+            change = self.store().commit(ops)
+        except StoreError as exc:
+            log.error("store commit failed: %s", exc)
+            raise ApiError(503, "store_error", f"the store refused the write: {exc}") from exc
+        if channels:
+            self.hub.notify(*channels)
+        return change
+
+    # gateways held in a long poll right now count as live (they are being seen)
+    def poll_started(self, env: str, name: str) -> None:
+        with self._polling_lock:
+            self._polling[(env, name)] += 1
+
+    def poll_ended(self, env: str, name: str) -> None:
+        with self._polling_lock:
+            self._polling[(env, name)] -= 1
+            if self._polling[(env, name)] <= 0:
+                del self._polling[(env, name)]
+
+    def polling_now(self, env: str) -> set[str]:
+        with self._polling_lock:
+            return {name for (e, name), n in self._polling.items() if e == env and n > 0}
