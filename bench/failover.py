@@ -52,6 +52,7 @@ def main() -> int:
             s.start()
             p.wait_state("Active", timeout=15)
             s.wait_state("Passive", timeout=15)
+            wait_for(lambda: (st := p.status()) and st["peer"]["state"] == "Passive", 10, "steady pair")
             watcher = Watcher([p, s])
             watcher.start()
             times: list[float] = []
@@ -101,8 +102,13 @@ LockVerifyInterval={ha.LockVerifyInterval} ms, LockIOTimeout={ha.LockIOTimeout} 
 
 Goal: p99 < 500 ms. For comparison (their defaults): ActiveMQ Artemis backup retries the
 lock every 500 ms; keepalived about 3.6 s; Kubernetes leases about 15 s; Patroni about 30 s.
-Most of our figure is the deliberate TakeoverWait (longer than the self-fence deadline,
-so a server that lost the lock without knowing has stopped before the new one starts).
+What the figure is made of: the kernel drops a dead holder's lock at once; the passive's
+next attempt (every LockRetryInterval) takes it; the old holder's HA port refuses a
+connection, which proves it is down, so the TakeoverWait is skipped; the client port opens.
+When the old holder is *not* proven down (stopped, partitioned, slow), the full
+TakeoverWait applies (it is longer than the self-fence deadline, so a holder that lost
+the lock without knowing has stopped before the new one starts): expect about
+TakeoverWait + LockRetryInterval then.
 
 Command: `.venv/bin/python bench/failover.py --cycles {len(times)} --write docs/benchmarks.md`
 ({datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}, 2-core machine shared with other work).

@@ -23,7 +23,7 @@ def test_foreground_standalone_status_and_sigterm(home: Home) -> None:
     assert {"state", "address", "replicated_lsn", "lag"} <= set(st["peer"])
     assert {"path", "held"} <= set(st["lock"])
     assert st["type"] == "none" and st["mode"] == "AMS" and st["isolated"] is False
-    assert st["lsn"] == 0 and isinstance(st["epoch"], int)
+    assert st["lsn"] == 1 and isinstance(st["epoch"], int)  # first start stored the admin token hash
     assert srv.active_code() == 200
     assert port_open(srv.client_port), "client port must be open while Standalone"
     code, metrics = http_get(f"{srv.ha}/metrics")

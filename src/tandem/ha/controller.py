@@ -15,11 +15,11 @@ import logging
 import time
 from typing import Any
 
-from tandem.errors import AuthError, LockError, PeerError, PeerRefused, StoreError, TandemError
+from tandem.errors import AuthError, LockError, PeerError, StoreError, TandemError
 from tandem.ha.backchannel import AUTH_HEADER, PeerClient, PeerView, sign, verify
 from tandem.ha.base import Controller, ServerOps
 from tandem.ha.decide import Action, Observations, decide
-from tandem.ha.lockfile import LockFile, check_lockfile
+from tandem.ha.lockfile import LockFile, LockRecord, check_lockfile
 from tandem.ha.probe import Probe
 from tandem.ha.replication import NoReplication, Replication
 from tandem.ha.states import HOLDING, PEER_DEAD, SERVING, State, check_transition
@@ -72,7 +72,6 @@ class HAController(Controller):
         self.last_cycle = time.monotonic()
         self.last_reason = ""
         self.peer_error = ""
-        self.peer_refused_at = 0.0  # monotonic: the peer's HA port refused us after it had answered
         self.wake = asyncio.Event()
         self.cycle_lock = asyncio.Lock()
         self.tasks: list[asyncio.Task[None]] = []
@@ -192,7 +191,8 @@ class HAController(Controller):
             self.ops.close_store()
 
     async def _claim(self) -> None:
-        before = self.lock.record.epoch
+        prev = self.lock.record  # the previous holder's record, found under the lock
+        before = prev.epoch
         in_sync = [self.name]
         try:
             store_epoch = self.ops.store.epoch if self.ops.store is not None else 0
@@ -202,9 +202,11 @@ class HAController(Controller):
             return
         now = time.monotonic()
         self.claimed, self.last_verified, self.acquired_at, self.lock_lost = True, now, now, False
-        self.skip_takeover_wait, why = self._old_holder_gone(before)
+        self.skip_takeover_wait, why = self._old_holder_gone(prev)
         if self.skip_takeover_wait:
             self.ops.console(f"HA  no takeover wait: {why}")
+        elif prev.holder == self.peer.name and self.peer.heard_at > 0:
+            asyncio.get_running_loop().create_task(self._probe_old_holder(epoch))
         asyncio.get_running_loop().call_later(0 if self.skip_takeover_wait else self.cfg.TakeoverWait / 1000,
                                               self.wake.set)
         self.handover_epoch = None
@@ -224,18 +226,37 @@ class HAController(Controller):
         except PeerError:
             pass  # best effort: without it the peer simply waits TakeoverWait
 
-    def _old_holder_gone(self, before: int) -> tuple[bool, str]:
+    async def _probe_old_holder(self, epoch: int) -> None:
+        """Just after taking the lock from our peer: does its HA port refuse connections?
+        A server's HA port is open for the whole life of its process, and the previous
+        holder claimed its epoch before we acquired; a refusal *now* means that process
+        is gone. Only signed exchanges with the peer before (heard_at) vouch that the
+        address is really the peer's."""
+        try:
+            _, w = await asyncio.wait_for(
+                asyncio.open_connection(self.cfg.BackupHAIPAddress, self.cfg.BackupHAPort), 0.2)
+            w.close()
+            return  # something listens: the previous holder may still be alive; wait
+        except ConnectionRefusedError:
+            pass
+        except (OSError, TimeoutError):
+            return  # unreachable or slow is not proof of anything
+        if self.state == State.ACTIVATING and self.claimed and self.lock.record.epoch == epoch:
+            self.skip_takeover_wait = True
+            self.ops.console(f"HA  no takeover wait: the previous holder {self.peer.name} is down "
+                             "(its HA port refuses connections)")
+            self.wake.set()
+
+    def _old_holder_gone(self, rec: LockRecord) -> tuple[bool, str]:
         """The takeover wait covers a holder that lost the lock without knowing yet.
-        It is skipped only when the holder of epoch `before` provably no longer serves:
-        it handed that epoch over, or it is our peer and its HA port (open for the
-        whole life of a server process) refused a connection after it had answered."""
-        rec = self.lock.record
-        if self.handover_epoch is not None and self.handover_epoch == before:
-            return True, f"the peer handed over epoch {before}"
-        if before == 0 and not rec.holder:
+        It is skipped only when the holder of `rec` provably no longer serves: it
+        handed that very epoch over after it stopped serving, or nobody ever held the
+        lock. (A refusal of the peer's HA port proves it too, but only one observed
+        after we took the lock: `_probe_old_holder`.)"""
+        if self.handover_epoch is not None and self.handover_epoch == rec.epoch:
+            return True, f"the peer handed over epoch {rec.epoch}"
+        if rec.epoch == 0 and not rec.holder:
             return True, "nobody has held the lock before"
-        if rec.holder == self.peer.name and self.peer_refused_at > self.peer.heard_at > 0:
-            return True, f"the previous holder {rec.holder} is down (its HA port refuses connections)"
         return False, ""
 
     async def _abort_activation(self, why: str) -> None:
@@ -319,11 +340,6 @@ class HAController(Controller):
     async def _heartbeat_tick(self) -> None:
         try:
             d = await self.peer_client.post("/ha/peer/heartbeat", self.heartbeat_payload())
-        except PeerRefused as exc:
-            if self.peer.heard_at > 0:
-                self.peer_refused_at = time.monotonic()
-            self._peer_problem(str(exc))
-            return
         except (PeerError, ValueError) as exc:
             self._peer_problem(str(exc))
             return
