@@ -192,7 +192,6 @@ class HAController(Controller):
 
     async def _claim(self) -> None:
         prev = self.lock.record  # the previous holder's record, found under the lock
-        before = prev.epoch
         in_sync = [self.name]
         try:
             store_epoch = self.ops.store.epoch if self.ops.store is not None else 0
