@@ -259,3 +259,28 @@ def _no_stopped_processes(home: Home) -> None:
     for srv in home.servers:
         if srv.proc is not None and srv.proc.poll() is None:
             os.kill(srv.proc.pid, signal.SIGCONT)
+
+
+def test_log_retention_bounds_the_log_and_falls_back_to_a_snapshot(home: Home) -> None:
+    for half in ("primary", "secondary"):
+        set_profile_values(home.path, f"{PAIR}/{half}/AMS", ["ha.LogRetention=50"])
+    p, s = start_pair(home)
+    s.stop()
+    p.wait_state("Standalone", timeout=5)
+    with httpx.Client(timeout=10) as c:
+        assert all(create(c, url(p), f"r{i:04d}") == 201 for i in range(200))
+    store_file = Path(p.prof.db_path) / "store.sqlite3"
+
+    def log_bounded() -> bool:
+        st = SqliteStore(str(store_file))
+        try:
+            return st.log_size() <= 50 and st.oldest_lsn() > 2
+        finally:
+            st.close()
+
+    wait_for(log_bounded, 10, "active's log trimmed to LogRetention")
+    s.start(env=ENV)
+    s.wait_state("Passive", timeout=30)
+    wait_for(lambda: in_sync(p, s), 10, "digests equal")
+    assert "sending a snapshot" in p.output()
+    assert {f"r{i:04d}" for i in range(200)} <= consumers(p)

@@ -50,6 +50,7 @@ class HASection:
     BackupURLs: str = ""  # ';'-separated
     PairSecret: str = ""
     ReplicationMode: ReplicationMode = "sync"
+    LogRetention: int = 100_000  # changes kept in the log; a passive further behind gets a snapshot
     # timing (milliseconds)
     HeartbeatInterval: int = 100
     HeartbeatMisses: int = 5

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tandem.ha.replicator")
 
 BATCH = 500
+RETENTION_EVERY = 2.0  # seconds between retention checks
 
 
 class Resync(TandemError):
@@ -74,6 +75,8 @@ class Replicator(Replication):
         return st
 
     def attach(self, store: Store) -> None:
+        if self._loop is None:
+            asyncio.get_running_loop().create_task(self._retention())
         self._loop = asyncio.get_running_loop()
         store.add_listener(self._on_commit)
         reopened = getattr(self.ctl.ops, "on_store_reopened", None)
@@ -83,6 +86,22 @@ class Replicator(Replication):
     def _on_commit(self, change: Change) -> None:  # may run on a worker thread
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self.kick.set)
+
+    async def _retention(self) -> None:
+        """Keep the change log bounded (`LogRetention` changes), on both halves. A passive
+        that falls further behind than the log reaches is caught up by a snapshot."""
+        keep = self.ctl.cfg.LogRetention
+        while True:
+            await asyncio.sleep(RETENTION_EVERY)
+            st = self.ctl.ops.store
+            if st is None:
+                continue
+            try:
+                if st.log_size() > keep:
+                    dropped = await asyncio.to_thread(st.truncate_log, keep)
+                    log.info("change log trimmed by %d entries (LogRetention=%d)", dropped, keep)
+            except StoreError as exc:
+                log.warning("change log retention failed: %s", exc)
 
     # ---- what the HA loop asks ----
     def passive_syncing(self) -> bool:
