@@ -28,7 +28,7 @@ PAIR = "haprofile_shared"
 
 
 def serving_now(s: Server) -> bool:
-    return port_open(s.client_port, timeout=0.05) and s.active_code() == 200
+    return bool(port_open(s.client_port, timeout=0.05) and s.active_code() == 200)
 
 
 def pct(xs: list[float], q: float) -> float:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from typing import Any
 
@@ -75,6 +76,7 @@ class HAController(Controller):
         self.wake = asyncio.Event()
         self.cycle_lock = asyncio.Lock()
         self.tasks: list[asyncio.Task[None]] = []
+        self._verifier_stop = threading.Event()
 
     def __repr__(self) -> str:
         return (f"<HAController {self.name} {self.mode}/{self.cfg.Role} state={self.state} epoch={self.epoch} "
@@ -303,7 +305,7 @@ class HAController(Controller):
     async def _cycle_tick(self) -> None:
         await self.run_cycle()
 
-    async def _verify_tick(self) -> None:
+    async def _passive_read_tick(self) -> None:
         if not self.lock.held:
             if self.mode == "replicated" and self.state not in HOLDING:
                 # a passive learns from the record whether it is in sync (rule 5)
@@ -316,17 +318,35 @@ class HAController(Controller):
                 except (TimeoutError, OSError, LockError) as exc:
                     log.warning("reading the LockFile failed: %s", exc or type(exc).__name__)
             return
-        if not self.claimed:
-            return
-        started = time.monotonic()
-        try:
-            why = await self.lock.verify()
-        except (TimeoutError, OSError, LockError) as exc:
-            log.warning("lock verification did not finish: %s", exc or type(exc).__name__)
-            return
-        if why is None:
-            self.last_verified = started
-        else:
+
+    def _verifier(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Lock verification on a thread of its own, three attempts per period: it
+        keeps proving the lock while the event loop is busy (a stalled loop cannot
+        serve anyway), and one slow fsync does not cost the lock. Freshness is
+        still "a write+fsync that succeeded within the self-fence deadline"."""
+        period = self.cfg.LockVerifyInterval / 3000
+        nxt = time.monotonic()
+        while not self._verifier_stop.is_set():
+            if self.lock.held and self.claimed:
+                started = time.monotonic()
+                try:
+                    why = self.lock.verify_blocking()
+                except RuntimeError:
+                    return  # the LockFile was closed: the server is stopping
+                except (TimeoutError, OSError, LockError) as exc:
+                    log.warning("lock verification did not finish: %s", exc or type(exc).__name__)
+                else:
+                    if why is None:
+                        self.last_verified = max(self.last_verified, started)
+                    elif self.lock.held and self.claimed:
+                        loop.call_soon_threadsafe(self._lock_lost, why)
+            nxt += period
+            if nxt < time.monotonic():
+                nxt = time.monotonic()
+            self._verifier_stop.wait(nxt - time.monotonic())
+
+    def _lock_lost(self, why: str) -> None:
+        if self.lock.held and self.claimed:
             self.ops.console(f"HA  lock verification failed: {why}")
             self.lock_lost = True
             self.wake.set()
@@ -389,15 +409,17 @@ class HAController(Controller):
         ha = self.cfg
         self.tasks = [
             asyncio.create_task(self._every(self.tick, self._cycle_tick, "cycle")),
-            # three attempts per period: one slow fsync on a busy disk does not cost the lock;
-            # freshness is still "a write+fsync that succeeded within the self-fence deadline"
-            asyncio.create_task(self._every(ha.LockVerifyInterval / 3000, self._verify_tick, "verify")),
+            asyncio.create_task(self._every(ha.LockVerifyInterval / 1000, self._passive_read_tick, "record")),
             asyncio.create_task(self._every(ha.HeartbeatInterval / 1000, self._heartbeat_tick, "heartbeat")),
         ]
         if self.probe.enabled:
             self.tasks.append(asyncio.create_task(self._every(ha.ProbeInterval / 1000, self._probe_tick, "probe")))
+        self._verifier_thread = threading.Thread(target=self._verifier, args=(asyncio.get_running_loop(),),
+                                                 name="lock-verifier", daemon=True)
+        self._verifier_thread.start()
 
     async def stop(self) -> None:
+        self._verifier_stop.set()
         for t in self.tasks:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)

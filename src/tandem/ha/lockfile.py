@@ -26,6 +26,7 @@ import json
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,12 +155,15 @@ class LockFile:
         return rec
 
     def _write(self, rec: LockRecord) -> None:
+        """Write `rec` and make it `self.record`, both on the LockFile thread: a
+        verification queued right behind must rewrite *this* record, not the old one."""
         assert self.fd is not None
         data = rec.encode()
         os.pwrite(self.fd, data, 0)  # fixed size: one write, no truncate window
         if os.fstat(self.fd).st_size > len(data):
             os.ftruncate(self.fd, len(data))  # only ever shrinks a foreign or old-format file
         os.fsync(self.fd)
+        self.record = rec
 
     async def claim(self, in_sync: list[str], forced: bool = False, floor: int = 0) -> int:
         """Under the lock: epoch + 1, us as holder, written and fsynced. Returns the epoch.
@@ -168,27 +172,39 @@ class LockFile:
         now = time.time()
         rec = LockRecord(max(self.record.epoch, floor) + 1, self.holder, in_sync, forced, now, now)
         await self._run(self._write, rec)
-        self.record, self._claimed = rec, True
+        self._claimed = True
         return rec.epoch
 
+    def _set_in_sync(self, in_sync: list[str]) -> None:
+        self._write(LockRecord(**{**self.record.__dict__, "in_sync": list(in_sync), "verified_at": time.time()}))
+
     async def set_in_sync(self, in_sync: list[str]) -> None:
-        rec = LockRecord(**{**self.record.__dict__, "in_sync": list(in_sync), "verified_at": time.time()})
-        await self._run(self._write, rec)
-        self.record = rec
+        """Record who is in sync (rule 5). Raises (TimeoutError, OSError) when it could not."""
+        await self._run(self._set_in_sync, in_sync)
 
     # ---- verification ----
     def _verify(self) -> str | None:
-        assert self.fd is not None and self.ino is not None
+        if self.fd is None or self.ino is None:
+            return "lock not held"
         st = os.stat(self.path)  # the path, not the fd: a replaced file has a new inode
         if st.st_ino != self.ino:
             return f"LockFile {self.path} was replaced (inode {self.ino} -> {st.st_ino})"
         found = LockRecord.parse(os.pread(self.fd, 4096, 0))
         if found.holder != self.holder or found.epoch != self.record.epoch:
             return f"LockFile now says holder={found.holder!r} epoch={found.epoch}"
-        rec = LockRecord(**{**self.record.__dict__, "verified_at": time.time()})
-        self._write(rec)
-        self.record = rec
+        self._write(LockRecord(**{**self.record.__dict__, "verified_at": time.time()}))
         return None
+
+    def verify_blocking(self) -> str | None:
+        """`verify()` for a plain thread (the controller's verifier): same contract,
+        raises TimeoutError after the I/O timeout."""
+        if not self.held:
+            return "lock not held"
+        try:
+            res: str | None = self._pool.submit(self._verify).result(timeout=self.io_timeout)
+        except FutureTimeout:
+            raise TimeoutError(f"LockFile verification took longer than {self.io_timeout * 1000:.0f} ms") from None
+        return res
 
     async def verify(self) -> str | None:
         """None when the lock is provably still ours (same inode, our record, a
