@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -258,6 +259,8 @@ class Replicator(Replication):
                     continue  # ...and whatever was committed meanwhile is shipped first
                 await self.ctl.lock.set_in_sync([self.ctl.name, str(hello.get("server", ""))])
                 recorded = True
+                if self.catching_up:  # tell the passive the catch-up is over (PassiveSync -> Passive now)
+                    await self._post("/ha/repl/frames", {"changes": [], "catchup": False}, timeout=2.0)
                 self.catching_up = False
                 self.ctl.ops.console(f"REPL  peer in sync at lsn {self.acked_lsn}")
                 self.ctl.wake.set()
@@ -324,8 +327,13 @@ class Replicator(Replication):
             return self.ctl._signed(req.path, {"ok": False, "error": str(exc), "last_lsn": self.store.last_lsn()})
         if d.get("catchup"):
             self.catchup_until = time.monotonic() + 1.0
-        else:
+        elif self.catchup_until:
+            # the active says the catch-up is over; it recorded us in sync just before:
+            # read that first, so we go PassiveSync -> Passive, not back to Waiting
+            with contextlib.suppress(TimeoutError, OSError, TandemError):
+                await self.ctl.lock.read()
             self.catchup_until = 0.0
+            self.ctl.wake.set()
         return self.ctl._signed(req.path, {"ok": True, "acked_lsn": self.store.last_lsn()})
 
     async def _h_snapshot(self, req: Request) -> Response:
