@@ -53,12 +53,12 @@ class ServerProcess:
         self.started_at = time.time()
         self.stopping = asyncio.Event()
         self.http = MiniHTTPServer(request_timeout=60.0)
+        self.metric_sources: list[Any] = []  # callables returning extra Prometheus text
+        self.on_store_reopened: list[Any] = []  # callables(store) after a set-aside
         self.client: ClientService = make_client_service(self)
         self.controller: Controller = make_controller(self)
         self.pidlock = PidLock(profile.run_dir / "server.pid")
         self._signals = 0
-        self.metric_sources: list[Any] = []  # callables returning extra Prometheus text
-        self.on_store_reopened: list[Any] = []  # callables(store) after a set-aside
         self.registry = CollectorRegistry()
         self._g_serving = Gauge("tandem_serving", "1 while this server serves clients", registry=self.registry)
         self._g_epoch = Gauge("tandem_ha_epoch", "current HA epoch", registry=self.registry)

@@ -144,32 +144,6 @@ class ASGIService(ClientService):
         self._server = self._task = None
 
 
-class NotFoundService(ClientService):
-    """Placeholder data plane: the port opens and every request gets a JSON 404."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self.http: Any = None
-
-    async def start(self) -> None:
-        from tandem.server.httpmini import MiniHTTPServer, Request, Response
-
-        async def no_route(req: Request) -> Response:
-            return Response.json({"code": "no_route", "message": f"no API project serves {req.path}"}, 404)
-
-        self.http = MiniHTTPServer()
-        for method in ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"):
-            self.http.route(method, "/*", no_route)
-        await self.http.start(self.host, self.port)
-        self.serving = True
-
-    async def stop(self, drain_timeout: float) -> None:
-        self.serving = False
-        if self.http is not None:
-            await self.http.close()
-            self.http = None
-
-
 def make_client_service(server: ServerProcess) -> ClientService:
     """The service for this server's mode; AMS and AGS modules plug in here."""
     prof = server.profile
@@ -178,4 +152,6 @@ def make_client_service(server: ServerProcess) -> ClientService:
 
         return ASGIService(DurabilityGate(create_app(server), server), prof.server.ClientAddress,
                            prof.server.ClientPort)
-    return NotFoundService(prof.server.ClientAddress, prof.server.ClientPort)
+    from tandem.ags.service import create_service
+
+    return create_service(server)

@@ -1,0 +1,1 @@
+"""The API Gateway Server's data plane (see docs/gateway.md)."""

@@ -1,0 +1,195 @@
+"""Validate a feed document (docs/config-feed.md) and compile it for serving.
+
+`validate_document` is the gate every configuration passes before it is
+stored or served: JSON object, the expected environment, an integer
+revision, the digest recomputed over the canonical JSON, and every project
+well formed. Anything else raises `ConfigRejected` with the reason, and the
+caller keeps the configuration it has.
+
+`compile_config` turns a valid document into what the hot path reads: a
+`Router` over `Project` objects, each with its balancer over pooled targets.
+Projects whose document did not change since the previous configuration are
+reused as they are (with their balancer position and health marks), so a
+redeploy of one project among 5,000 costs little.
+
+Policies are enforced by a later part of the gateway. Until then each
+policy type is either handled here (`timeout`), ignored because its absence
+cannot let a request through that should be stopped nor change what a
+backend receives (`cache`, `retry`), or it makes its project refuse every
+request with 501 `policy_not_supported`: the gateway fails closed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from tandem.ags.balancer import Balancer, Target
+from tandem.ags.router import Router, context_key, split_host
+
+log = logging.getLogger("tandem.ags")
+
+# policy types this gateway applies, and those it may ignore safely; any other makes its project refuse
+# requests (501 policy_not_supported). The policies issue grows ENFORCED_POLICIES (tandem.cli.demo reads it).
+ENFORCED_POLICIES = frozenset({"timeout"})
+IGNORED_POLICIES = frozenset({"cache", "retry"})
+
+
+class ConfigRejected(ValueError):
+    """A configuration document that must not replace the current one; str() is the reason."""
+
+
+def canonical_digest(doc: dict[str, Any]) -> str:
+    body = {k: doc.get(k) for k in ("environment", "revision", "projects", "consumers")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def validate_document(raw: bytes | str | dict[str, Any], environment: str) -> dict[str, Any]:
+    """The parsed document if it may be applied; raises ConfigRejected naming what is wrong."""
+    if isinstance(raw, dict):
+        doc = raw
+    else:
+        try:
+            doc = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ConfigRejected(f"not JSON ({exc})") from exc
+    if not isinstance(doc, dict):
+        raise ConfigRejected(f"expected a JSON object, got {type(doc).__name__}")
+    missing = [k for k in ("environment", "revision", "projects", "consumers", "digest") if k not in doc]
+    if missing:
+        raise ConfigRejected(f"missing field(s) {', '.join(missing)}")
+    if doc["environment"] != environment:
+        raise ConfigRejected(f"environment {doc['environment']!r}, this gateway serves {environment!r}")
+    rev = doc["revision"]
+    if isinstance(rev, bool) or not isinstance(rev, int) or rev < 0:
+        raise ConfigRejected(f"revision: expected a non-negative integer, got {rev!r}")
+    if not isinstance(doc["projects"], list) or not isinstance(doc["consumers"], list):
+        raise ConfigRejected("projects and consumers must be lists")
+    digest = canonical_digest(doc)
+    if doc["digest"] != digest:
+        raise ConfigRejected(f"digest mismatch (document says {str(doc['digest'])[:16]}..., "
+                             f"content hashes to {digest[:16]}...): partial or corrupted document")
+    seen: dict[tuple[bytes, Any, Any], str] = {}
+    for i, p in enumerate(doc["projects"]):
+        where = f"projects[{i}]" + (f" ({p.get('name')!r})" if isinstance(p, dict) else "")
+        try:
+            key = _check_project(p)
+        except ValueError as exc:
+            raise ConfigRejected(f"{where}: {exc}") from exc
+        if key in seen:
+            raise ConfigRejected(f"{where}: same context_path, hosts and methods as {seen[key]!r}")
+        seen[key] = p["name"]
+    return doc
+
+
+def _str_list(p: dict[str, Any], field: str) -> list[str]:
+    value = p.get(field) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(f"{field}: expected a list of non-empty strings, got {value!r}")
+    return value
+
+
+def _check_project(p: Any) -> tuple[bytes, Any, Any]:
+    if not isinstance(p, dict):
+        raise ValueError(f"expected an object, got {type(p).__name__}")
+    if not isinstance(p.get("name"), str) or not p["name"]:
+        raise ValueError(f"name: expected a non-empty string, got {p.get('name')!r}")
+    cp = p.get("context_path")
+    if not isinstance(cp, str) or not cp.startswith("/"):
+        raise ValueError(f"context_path: expected a path starting with '/', got {cp!r}")
+    targets = p.get("targets")
+    if not isinstance(targets, list):
+        raise ValueError(f"targets: expected a list, got {targets!r}")
+    for j, t in enumerate(targets):
+        if not isinstance(t, dict) or not isinstance(t.get("url"), str):
+            raise ValueError(f"targets[{j}]: expected {{'url': ..., 'weight': ...}}, got {t!r}")
+        w = t.get("weight", 1)
+        if isinstance(w, bool) or not isinstance(w, int) or w < 0:
+            raise ValueError(f"targets[{j}].weight: expected a non-negative integer, got {w!r}")
+        Target(t["url"], w)  # raises ValueError naming the url
+    hosts = frozenset(h.lower() for h in _str_list(p, "hosts")) or None
+    methods = frozenset(m.upper() for m in _str_list(p, "methods")) or None
+    policies = p.get("policies") or []
+    if not isinstance(policies, list) or not all(isinstance(x, dict) and isinstance(x.get("type"), str)
+                                                 for x in policies):
+        raise ValueError(f"policies: expected a list of objects with a 'type', got {policies!r}")
+    return context_key(cp), hosts, methods
+
+
+class Project:
+    """A compiled project: what the hot path reads for one route."""
+
+    __slots__ = ("name", "context", "hosts", "wild_hosts", "methods", "balancer", "refusal",
+                 "connect_timeout", "read_timeout", "stats", "raw", "log_name")
+
+    def __init__(self, raw: dict[str, Any], pool_for: Callable[[Target], Any], stats: Any,
+                 connect_timeout: float, read_timeout: float) -> None:
+        self.raw = raw
+        self.name: str = raw["name"]
+        self.log_name = json.dumps(self.name).encode()  # for the access log
+        self.context = context_key(raw["context_path"])
+        # a request's Host is compared without its port, so a configured port is dropped too
+        hosts = [split_host(h.encode("idna")) for h in raw.get("hosts") or []]
+        exact = frozenset(h for h in hosts if not h.startswith(b"*."))
+        self.wild_hosts = tuple(h[1:] for h in hosts if h.startswith(b"*."))
+        self.hosts = (exact or frozenset()) if hosts else None
+        methods = raw.get("methods") or []
+        self.methods = frozenset(m.upper().encode("ascii") for m in methods) if methods else None
+        targets = []
+        for t in raw["targets"]:
+            target = Target(t["url"], t.get("weight", 1))
+            target.pool = pool_for(target)
+            targets.append(target)
+        self.balancer = Balancer(targets)
+        self.stats = stats
+        self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
+        self.refusal: str | None = None
+        for policy in raw.get("policies") or []:
+            kind = policy["type"]
+            if kind == "timeout":
+                self.connect_timeout, self.read_timeout = _timeouts(policy, connect_timeout, read_timeout)
+            elif kind not in ENFORCED_POLICIES and kind not in IGNORED_POLICIES and self.refusal is None:
+                self.refusal = f"this API has a {kind!r} policy, which this gateway cannot enforce yet"
+
+    def __repr__(self) -> str:
+        return f"<Project {self.name} context={self.context!r} targets={len(self.balancer.targets)}>"
+
+
+def _timeouts(policy: dict[str, Any], connect: float, read: float) -> tuple[float, float]:
+    """Seconds from a `timeout` policy (tandem.ams.policies.TimeoutPolicy: `connect`, `read`)."""
+    c, r = policy.get("connect"), policy.get("read")
+    return (float(c) if isinstance(c, int | float) and c > 0 else connect,
+            float(r) if isinstance(r, int | float) and r > 0 else read)
+
+
+class CompiledConfig:
+    __slots__ = ("revision", "environment", "router", "projects", "digest")
+
+    def __init__(self, revision: int, environment: str, projects: dict[str, Project], digest: str) -> None:
+        self.revision, self.environment, self.projects, self.digest = revision, environment, projects, digest
+        self.router = Router(projects.values())
+
+    @classmethod
+    def empty(cls, environment: str = "default") -> CompiledConfig:
+        return cls(0, environment, {}, "")
+
+    def __repr__(self) -> str:
+        return f"<CompiledConfig {self.environment} revision={self.revision} projects={len(self.projects)}>"
+
+
+def compile_config(doc: dict[str, Any], pool_for: Callable[[Target], Any], stats_for: Callable[[str], Any],
+                   connect_timeout: float, read_timeout: float,
+                   previous: CompiledConfig | None = None) -> CompiledConfig:
+    """Build the serving form of a validated document, reusing unchanged projects of `previous`."""
+    old = previous.projects if previous is not None else {}
+    projects: dict[str, Project] = {}
+    for raw in doc["projects"]:
+        prev = old.get(raw["name"])
+        if prev is not None and prev.raw == raw:
+            projects[raw["name"]] = prev
+        else:
+            projects[raw["name"]] = Project(raw, pool_for, stats_for(raw["name"]), connect_timeout, read_timeout)
+    return CompiledConfig(doc["revision"], doc["environment"], projects, doc.get("digest", ""))

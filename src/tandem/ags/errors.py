@@ -1,0 +1,78 @@
+"""The gateway's own responses: JSON errors with a stable `code` (SPEC section 5).
+
+Every error the gateway answers itself has the same shape,
+`{"code": "...", "message": "...", "request_id": "..."}`, and carries
+`X-Request-Id` like every proxied response. The codes are a contract:
+clients and dashboards match on them, so they never change meaning.
+
+    status  code                   when
+    400     bad_request            httptools rejected the request, CL+TE, two Content-Lengths, bad path
+    404     no_route               no deployed project matches host, method and path
+    413     payload_too_large      the body is larger than the gateway's limit
+    414     uri_too_long           the request target is longer than the limit
+    431     headers_too_large      header bytes or header count over the limit
+    501     upgrade_not_supported  `Connection: upgrade` (WebSocket, h2c) or CONNECT
+    501     policy_not_supported   the project has a policy this gateway cannot enforce (fail closed)
+    502     upstream_unavailable   no healthy target, connect refused/reset, upstream closed early
+    504     upstream_timeout       connect or read timeout
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from email.utils import formatdate
+
+REASONS = {400: b"Bad Request", 404: b"Not Found", 413: b"Payload Too Large", 414: b"URI Too Long",
+           431: b"Request Header Fields Too Large", 500: b"Internal Server Error", 501: b"Not Implemented",
+           502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout"}
+
+MESSAGES = {
+    "bad_request": "the request is malformed",
+    "no_route": "no API is deployed at this path",
+    "payload_too_large": "the request body is larger than this gateway accepts",
+    "uri_too_long": "the request target is longer than this gateway accepts",
+    "headers_too_large": "the request headers are larger than this gateway accepts",
+    "upgrade_not_supported": "protocol upgrades (WebSocket, h2c) and CONNECT are not supported",
+    "policy_not_supported": "this API has a policy this gateway cannot enforce",
+    "upstream_unavailable": "the upstream service is unavailable",
+    "upstream_timeout": "the upstream service did not answer in time",
+    "internal_error": "internal error",
+}
+
+
+class Reject(Exception):
+    """Raised from parser callbacks: answer `status`/`code` and close the connection."""
+
+    def __init__(self, status: int, code: str, message: str | None = None) -> None:
+        super().__init__(message or MESSAGES.get(code, code))
+        self.status, self.code = status, code
+        self.message = message or MESSAGES.get(code, code)
+
+
+_date_cache: list[object] = [0, b""]
+
+
+def http_date() -> bytes:
+    """The `Date` header value, formatted at most once per second."""
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0] = now
+        _date_cache[1] = formatdate(now, usegmt=True).encode("ascii")
+    return _date_cache[1]  # type: ignore[return-value]
+
+
+def error_response(status: int, code: str, request_id: bytes, message: str | None = None,
+                   close: bool = False, head_only: bool = False) -> bytes:
+    """The full HTTP/1.1 response for a gateway error (head and JSON body)."""
+    body = json.dumps({"code": code, "message": message or MESSAGES.get(code, code),
+                       "request_id": request_id.decode("latin-1")}, separators=(",", ":")).encode()
+    head = [b"HTTP/1.1 %d %s" % (status, REASONS.get(status, b"Error")),
+            b"Date: " + http_date(),
+            b"Content-Type: application/json",
+            b"Content-Length: %d" % len(body),
+            b"X-Request-Id: " + request_id]
+    if close:
+        head.append(b"Connection: close")
+    out = b"\r\n".join(head) + b"\r\n\r\n"
+    return out if head_only else out + body

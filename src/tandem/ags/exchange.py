@@ -1,0 +1,337 @@
+"""One proxied request: from the parsed request head to the last response byte.
+
+The client protocol creates an `Exchange` when a request head is complete
+and calls `start()` when it is the connection's turn (HTTP/1.1 pipelining
+answers in order). The exchange picks a target, takes a pooled connection
+or opens one, streams the request body as it arrives (re-chunked when the
+client sent it chunked) and relays the response the same way. Neither body
+is ever held whole: bytes queue only in the transports, and each side
+pauses the other's reading when its write buffer is full.
+
+Failures before the response head is sent become JSON errors (502, 504);
+after it, the client connection is closed, so a truncated body can never be
+mistaken for a complete one. A request that failed on a reused keep-alive
+connection before any response byte (the backend closed it while idle) is
+retried once on a new connection if it had no body.
+
+This is the hot path: the common case (pooled connection, response with a
+Content-Length) runs in `start()`, `on_head()` and `on_end()` with as few
+Python calls as possible; rare cases live in separate methods.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from http import HTTPStatus
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+from tandem.ags.accesslog import NULL
+from tandem.ags.balancer import Balancer, Target
+from tandem.ags.errors import error_response
+from tandem.ags.metrics import BUCKETS
+from tandem.ags.upstream import PoolBusy
+
+if TYPE_CHECKING:
+    from tandem.ags.protocol import ClientProtocol
+    from tandem.ags.upstream import UpstreamConnection
+
+HOP_RESPONSE = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
+                          b"trailer", b"upgrade", b"x-request-id"})
+KEEP, LENGTH, HOP, CONNECTION = 0, 1, 2, 3
+_LOWER_KIND = {**{n: HOP for n in HOP_RESPONSE}, b"connection": CONNECTION, b"content-length": LENGTH}
+# response header names as backends spell them (a dict hit avoids lower() for the common ones)
+_RESPONSE_KIND = {**_LOWER_KIND, **{n.title(): k for n, k in _LOWER_KIND.items()},
+                  **{n: KEEP for n in (b"Server", b"Date", b"Content-Type", b"Cache-Control", b"ETag",
+                                       b"Last-Modified", b"Vary", b"Expires", b"Set-Cookie", b"Location",
+                                       b"Accept-Ranges", b"Content-Encoding", b"X-Backend")}}
+STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
+CONNECTING_BUFFER = 256 * 1024
+
+
+class Exchange:
+    # per-request state; the class values are the defaults, so __init__ sets only what every request has
+    project: Any = None
+    path: bytes = b""  # normalised request path (raw until the head is checked)
+    rest: bytes = b""  # the path after the project's context path
+    query: bytes = b""  # b"" or b"?..."
+    host: bytes = b""  # the client's Host header
+    hparts: list[bytes]  # forwarded header lines after Host, ending with the blank line
+    clen: bytes | None = None
+    chunked = has_body = req_complete = is_head = http10 = False
+    keep_alive = True
+    conn: UpstreamConnection | None = None
+    target: Target | None = None
+    tried: set[Target] | None = None
+    retried = False
+    body_bytes = 0
+    uout_size = 0
+    status = 0
+    resp_started = resp_chunked = resp_close = no_body = done = False
+    t_up = 0.0
+    read_timeout = 60.0
+    upstream_addr = NULL
+
+    def __init__(self, cp: ClientProtocol, method: bytes, rid: bytes, t0: float) -> None:
+        self.cp, self.method, self.rid, self.t0 = cp, method, rid, t0
+        self.uout: list[bytes] = []  # upstream-bound bytes waiting for a connection or a flush
+
+    def __repr__(self) -> str:
+        return (f"<Exchange {self.method!r} {self.path!r} rid={self.rid!r} project="
+                f"{getattr(self.project, 'name', None)} status={self.status} done={self.done}>")
+
+    # ---- request side ----
+    def start(self) -> None:
+        p = self.project
+        if p is None:
+            self.fail(404, "no_route")
+            return
+        if p.refusal is not None:
+            self.fail(501, "policy_not_supported", p.refusal)
+            return
+        self.read_timeout = p.read_timeout
+        target = p.balancer.pick(self.cp.loop.time())
+        if target is None:
+            self.fail(502, "upstream_unavailable", "no target with a weight above 0")
+            return
+        self.target = target
+        idle = target.pool.idle
+        if idle:  # the common case, inlined: a pooled keep-alive connection
+            conn = idle.pop()
+            if conn.alive:
+                conn.reused = True
+                target.pool.busy.add(conn)
+                self.attach(conn)
+                return
+        self.use(target)
+
+    def use(self, target: Target) -> None:
+        self.target = target
+        conn = target.pool.take()
+        if conn is not None:
+            self.attach(conn)
+        else:
+            self.cp.loop.create_task(self.connect(target))
+
+    async def connect(self, target: Target) -> None:
+        p, loop = self.project, self.cp.loop
+        try:
+            conn = await target.pool.connect(p.connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            if not isinstance(exc, PoolBusy):
+                Balancer.failed(target, loop.time(), self.cp.gw.settings.fail_timeout)
+            if self.done:
+                return
+            if self.tried is None:
+                self.tried = set()
+            self.tried.add(target)
+            # nothing was sent (the body waits in uout until a connection is attached): try another
+            nxt = p.balancer.pick(loop.time(), self.tried)
+            if nxt is not None:
+                self.use(nxt)
+            elif isinstance(exc, TimeoutError):
+                self.fail(504, "upstream_timeout", f"connecting to {target.host}:{target.port} timed out")
+            else:
+                self.fail(502, "upstream_unavailable", f"cannot connect to {target.host}:{target.port}")
+            return
+        Balancer.succeeded(target)
+        if self.done:
+            target.pool.release(conn)
+            return
+        self.attach(conn)
+        self.flush_up()
+
+    def attach(self, conn: UpstreamConnection) -> None:
+        target = self.target
+        assert target is not None
+        conn.ex = self
+        conn.got_data = False
+        self.conn = conn
+        conn.deadline = self.cp.loop.time() + self.read_timeout
+        self.t_up = perf_counter()
+        self.upstream_addr = target.log_name
+        rest = self.rest
+        upath = target.join_base + rest if rest else target.base_path or b"/"  # "/v1" + "/pets"
+        self.uout.insert(0, b"".join([self.method, b" ", upath, self.query, target.line_tail, *self.hparts]))
+        if self.uout_size:
+            self.uout_size = 0
+            self.cp.resume(4)
+        if self.cp.write_paused:  # the client still has not taken the previous response
+            self.hold_upstream(conn)
+
+    @staticmethod
+    def hold_upstream(conn: UpstreamConnection) -> None:
+        """Stop reading the backend while the client's write buffer is full (a slow client
+        is not a slow upstream: no read deadline meanwhile)."""
+        if conn.reading and conn.transport is not None:
+            conn.reading = False
+            conn.transport.pause_reading()
+        conn.deadline = float("inf")
+
+    def send_body(self, data: bytes) -> None:
+        self.body_bytes += len(data)
+        if self.chunked:
+            self.uout += [b"%x\r\n" % len(data), data, b"\r\n"]
+        else:
+            self.uout.append(data)
+        if self.conn is None:
+            self.uout_size += len(data)
+            if self.uout_size > CONNECTING_BUFFER:
+                self.cp.pause(4)
+
+    def end_body(self) -> None:
+        self.req_complete = True
+        if self.chunked:
+            self.uout.append(b"0\r\n\r\n")
+
+    def flush_up(self) -> None:
+        conn = self.conn
+        if conn is not None and self.uout and conn.transport is not None:
+            conn.transport.writelines(self.uout)
+            self.uout.clear()
+
+    # ---- response side (called by UpstreamConnection) ----
+    def on_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
+        """Queue the response head for the client; True when the body can be relayed as it is."""
+        self.status = status
+        cp = self.cp
+        parts = [STATUS_LINES.get(status) or b"HTTP/1.1 %d Status\r\n" % status]
+        clen = False
+        drop: set[bytes] | None = None
+        for name, value in headers:
+            kind = _RESPONSE_KIND.get(name)
+            if kind is None:
+                kind = _LOWER_KIND.get(name.lower(), KEEP)
+            if kind:
+                if kind == LENGTH:
+                    clen = True
+                elif kind == CONNECTION:
+                    extra = {t.strip().lower() for t in value.split(b",")} - {b"close", b"keep-alive", b""}
+                    if extra:
+                        drop = extra
+                    continue
+                else:
+                    continue
+            parts += [name, b": ", value, b"\r\n"]
+        if drop:
+            parts = [parts[0]] + [b"".join(parts[i:i + 4]) for i in range(1, len(parts), 4)
+                                  if parts[i].lower() not in drop]
+        plain = True
+        if self.is_head or status == 204 or status == 304:
+            self.no_body = True
+            plain = False
+        elif not clen:
+            plain = False
+            if self.http10:
+                self.resp_close = True  # HTTP/1.0: the close ends the body
+            else:
+                self.resp_chunked = True
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+        if not self.keep_alive or self.resp_close or cp.gw.draining:
+            parts.append(b"Connection: close\r\n")
+            self.keep_alive = False
+        elif self.http10:
+            parts.append(b"Connection: keep-alive\r\n")  # an HTTP/1.0 client closes unless told
+        parts += [b"X-Request-Id: ", self.rid, b"\r\n\r\n"]
+        cp.out.append(b"".join(parts))
+        self.resp_started = True
+        return plain
+
+    def on_body(self, data: bytes) -> None:
+        """Bodies that are not relayed as they are: re-chunked, or dropped (HEAD, 204, 304)."""
+        if self.done or self.no_body:
+            return
+        if self.resp_chunked:
+            self.cp.out += [b"%x\r\n" % len(data), data, b"\r\n"]
+        else:
+            self.cp.out.append(data)
+
+    def on_end(self, conn: UpstreamConnection, reusable: bool) -> None:
+        self.conn = None
+        if reusable and self.req_complete and not self.done:
+            conn.pool.release(conn)
+        else:
+            conn.pool.discard(conn)
+        if self.done:
+            return
+        if self.resp_chunked:
+            self.cp.out.append(b"0\r\n\r\n")
+        self.finish(not self.keep_alive or not self.req_complete)
+
+    def on_upstream_lost(self, conn: UpstreamConnection) -> None:
+        self.conn = None
+        if self.done:
+            return
+        if not self.resp_started:
+            if conn.reused and not conn.got_data and not self.has_body and not self.retried:
+                self.retried = True  # the backend closed an idle keep-alive connection: once more, fresh
+                self.cp.loop.create_task(self.connect(self.target))  # type: ignore[arg-type]
+                return
+            self.fail(502, "upstream_unavailable", "the upstream closed the connection without a response")
+        elif self.resp_close and not conn.complete:  # a response delimited by the connection's close
+            self.finish(True)
+        else:
+            self.abort("upstream closed the connection mid-response")
+
+    def on_upstream_error(self, conn: UpstreamConnection, reason: str) -> None:
+        self.drop_upstream()
+        if not self.resp_started:
+            self.fail(502, "upstream_unavailable", reason)
+        else:
+            self.abort(reason)
+
+    def on_timeout(self) -> None:
+        self.drop_upstream()
+        if not self.resp_started:
+            self.fail(504, "upstream_timeout")
+        else:
+            self.abort("upstream read timeout mid-response")
+
+    # ---- ending ----
+    def drop_upstream(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.pool.discard(conn)
+
+    def fail(self, status: int, code: str, message: str | None = None) -> None:
+        """Answer with the gateway's own JSON error (only before the response head went out)."""
+        if self.done:
+            return
+        self.drop_upstream()
+        self.status = status
+        close = not self.keep_alive or not self.req_complete or self.cp.gw.draining
+        self.cp.out.append(error_response(status, code, self.rid, message, close, self.is_head))
+        self.resp_started = True
+        self.finish(close)
+
+    def abort(self, reason: str) -> None:
+        self.drop_upstream()
+        self.finish(True, aborted=reason)
+
+    def client_gone(self) -> None:
+        if not self.done:
+            self.drop_upstream()
+            if not self.resp_started:
+                self.status = 499
+            self.finish(True, aborted="client closed the connection")
+
+    def finish(self, close: bool, aborted: str | None = None) -> None:
+        self.done = True
+        cp = self.cp
+        gw = cp.gw
+        now = perf_counter()
+        took = now - self.t0
+        up = now - self.t_up if self.t_up else None
+        p = self.project
+        st = p.stats if p is not None else gw.unrouted
+        status = self.status
+        st.classes[status // 100 if status < 600 else 5] += 1  # metrics.ProjectStats.record, inlined
+        st.lat[bisect_left(BUCKETS, took)] += 1
+        st.lat_sum += took
+        if up is not None:
+            st.up[bisect_left(BUCKETS, up)] += 1
+            st.up_sum += up
+        if gw.accesslog is not None:
+            gw.accesslog.write(self.rid, cp.ip, self.method, self.path + self.query, self.host, status,
+                               p.log_name if p is not None else NULL, self.upstream_addr, took, up)
+        cp.exchange_done(self, close or aborted is not None)

@@ -1,0 +1,127 @@
+"""Per-project gateway metrics, cheap enough for the hot path, as Prometheus text.
+
+Each serving process counts in plain lists (`ProjectStats`): one increment
+per status class, one bisect per histogram. Worker processes send a
+`snapshot()` to the server process about once a second; the server sums the
+snapshots of live workers plus whatever retired workers had counted, and
+renders the sum on the HA port's `/metrics`:
+
+    tandem_gateway_requests_total{project, class}          counter, class = 1xx..5xx
+    tandem_gateway_request_seconds{project}                histogram, client-side latency
+    tandem_gateway_upstream_seconds{project}               histogram, request sent -> response done
+    tandem_gateway_config_revision                         gauge, the configuration being served
+    tandem_gateway_config_rejected_total                   counter, fetched documents refused
+    tandem_gateway_workers                                 gauge, live serving processes
+
+Requests that match no project are counted under `project="_no_route"`.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from typing import Any
+
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+NO_ROUTE = "_no_route"
+_N = len(BUCKETS) + 1
+
+
+class ProjectStats:
+    __slots__ = ("classes", "lat", "lat_sum", "up", "up_sum")
+
+    def __init__(self) -> None:
+        self.classes = [0, 0, 0, 0, 0, 0]
+        self.lat = [0] * _N
+        self.lat_sum = 0.0
+        self.up = [0] * _N
+        self.up_sum = 0.0
+
+    def record(self, status: int, seconds: float, upstream_seconds: float | None) -> None:
+        self.classes[status // 100 if status < 600 else 5] += 1
+        self.lat[bisect_left(BUCKETS, seconds)] += 1
+        self.lat_sum += seconds
+        if upstream_seconds is not None:
+            self.up[bisect_left(BUCKETS, upstream_seconds)] += 1
+            self.up_sum += upstream_seconds
+
+    def to_json(self) -> list[Any]:
+        return [self.classes, self.lat, self.lat_sum, self.up, self.up_sum]
+
+
+class Metrics:
+    """The counters of one serving process."""
+
+    def __init__(self) -> None:
+        self.projects: dict[str, ProjectStats] = {}
+
+    def stats(self, project: str) -> ProjectStats:
+        st = self.projects.get(project)
+        if st is None:
+            st = self.projects[project] = ProjectStats()
+        return st
+
+    def snapshot(self) -> dict[str, list[Any]]:
+        return {name: st.to_json() for name, st in self.projects.items() if any(st.classes)}
+
+
+def merge(snapshots: list[dict[str, list[Any]]]) -> dict[str, list[Any]]:
+    """Sum snapshots (of workers, retired workers, the in-process gateway) per project."""
+    total: dict[str, list[Any]] = {}
+    for snap in snapshots:
+        for name, (classes, lat, lat_sum, up, up_sum) in snap.items():
+            acc = total.get(name)
+            if acc is None:
+                total[name] = [list(classes), list(lat), lat_sum, list(up), up_sum]
+                continue
+            for i, v in enumerate(classes):
+                acc[0][i] += v
+            for i, v in enumerate(lat):
+                acc[1][i] += v
+            acc[2] += lat_sum
+            for i, v in enumerate(up):
+                acc[3][i] += v
+            acc[4] += up_sum
+    return total
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _histogram(out: list[str], name: str, project: str, counts: list[int], total: float) -> None:
+    cumulative = 0
+    for bound, n in zip(BUCKETS, counts, strict=False):
+        cumulative += n
+        out.append(f'{name}_bucket{{project="{project}",le="{bound}"}} {cumulative}')
+    cumulative += counts[-1]
+    out.append(f'{name}_bucket{{project="{project}",le="+Inf"}} {cumulative}')
+    out.append(f'{name}_sum{{project="{project}"}} {total}')
+    out.append(f'{name}_count{{project="{project}"}} {cumulative}')
+
+
+def render(merged: dict[str, list[Any]], revision: int, rejected: int, workers: int) -> bytes:
+    out = [
+        "# HELP tandem_gateway_config_revision revision of the configuration being served",
+        "# TYPE tandem_gateway_config_revision gauge",
+        f"tandem_gateway_config_revision {revision}",
+        "# HELP tandem_gateway_config_rejected_total fetched configuration documents refused",
+        "# TYPE tandem_gateway_config_rejected_total counter",
+        f"tandem_gateway_config_rejected_total {rejected}",
+        "# HELP tandem_gateway_workers live gateway serving processes",
+        "# TYPE tandem_gateway_workers gauge",
+        f"tandem_gateway_workers {workers}",
+        "# HELP tandem_gateway_requests_total requests by project and status class",
+        "# TYPE tandem_gateway_requests_total counter",
+    ]
+    names = sorted(merged)
+    for name in names:
+        for i, n in enumerate(merged[name][0]):
+            if n and i:
+                out.append(f'tandem_gateway_requests_total{{project="{_label(name)}",class="{i}xx"}} {n}')
+    for metric, idx, help_text in (("tandem_gateway_request_seconds", 1, "request latency seen by the client"),
+                                   ("tandem_gateway_upstream_seconds", 3, "upstream time, request sent to response done")):
+        out.append(f"# HELP {metric} {help_text}")
+        out.append(f"# TYPE {metric} histogram")
+        for name in names:
+            _histogram(out, metric, _label(name), merged[name][idx], merged[name][idx + 1])
+    return ("\n".join(out) + "\n").encode()

@@ -1,0 +1,358 @@
+"""The client side: one asyncio protocol per client connection, parsed by httptools.
+
+Everything about the request head is checked before anything is sent
+upstream: httptools (llhttp, strict) refuses malformed requests, both
+`Content-Length` and `Transfer-Encoding`, and duplicate `Content-Length`s
+while it parses the headers, before `on_headers_complete`; the gateway adds
+header size/count, URL length, body size and `Host` checks. A refused
+request is answered with a JSON error and the connection is closed (with a
+short linger so the client reads the answer before the close).
+
+Pipelined requests are answered in order: a request that arrives while
+another is in flight is queued (with its body, if any, in its own buffer) and
+the connection stops reading until the queue drains. Reading is also paused
+while the upstream connection's write buffer is full (bit 2) and while a
+connection is being opened with more than 256 KiB of body waiting (bit 4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections import deque
+from time import perf_counter
+from typing import TYPE_CHECKING
+
+import httptools
+
+from tandem.ags.accesslog import NULL
+from tandem.ags.errors import Reject, error_response
+from tandem.ags.exchange import Exchange
+from tandem.ags.router import normalize_path, split_host
+
+if TYPE_CHECKING:
+    from tandem.ags.runtime import Gateway
+
+log = logging.getLogger("tandem.ags")
+
+SKIP_REQUEST = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+                          b"transfer-encoding", b"upgrade", b"host", b"x-forwarded-for", b"x-forwarded-proto",
+                          b"x-forwarded-host", b"x-request-id", b"expect", b"content-length",
+                          b"proxy-authorization"})
+REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=@-]{1,128}")
+PAUSE_PIPELINE, PAUSE_UPSTREAM, PAUSE_CONNECTING = 1, 2, 4
+_FORWARDED = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: %s\r\nX-Request-Id: %s\r\n\r\n"
+_FORWARDED_NO_HOST = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\nX-Request-Id: %s\r\n\r\n"
+DISCARD_LIMIT = 1024 * 1024
+LINGER = 2.0
+
+
+class ClientProtocol(asyncio.Protocol):
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.loop = gw.loop
+        self.limits = gw.settings
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.ip = b"-"
+        self.cur: Exchange | None = None  # the exchange being answered
+        self.parsing: Exchange | None = None  # the exchange whose request is being read
+        self.queue: deque[Exchange] = deque()
+        self.out: list[bytes] = []
+        self.paused = 0
+        self.write_paused = False  # our transport's buffer is full: upstream reading is held
+        self.closing = False
+        self.closed = False
+        self.advancing = False
+        self.fatal: Reject | None = None
+        self.last_rx = self.loop.time()
+        self.linger_until = 0.0
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.hbytes = 0
+
+    def __repr__(self) -> str:
+        return f"<ClientProtocol {self.ip.decode()} cur={self.cur!r} queued={len(self.queue)} closing={self.closing}>"
+
+    # ---- asyncio ----
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.ip = peer[0].encode() if peer else b"-"
+        self.gw.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = self.closing = True
+        self.gw.connections.discard(self)
+        cur = self.cur
+        if cur is not None:
+            cur.client_gone()
+        self.queue.clear()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        cur = self.cur
+        if cur is not None and cur.conn is not None:
+            cur.hold_upstream(cur.conn)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        cur = self.cur
+        conn = cur.conn if cur is not None else None
+        if conn is not None and not conn.reading and conn.transport is not None:
+            conn.reading = True
+            conn.transport.resume_reading()
+            conn.deadline = self.loop.time() + cur.read_timeout  # type: ignore[union-attr]
+
+    def data_received(self, data: bytes) -> None:
+        self.last_rx = self.loop.time()
+        if self.closing:
+            return  # lingering after an error: read and drop
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            ctx = exc.__context__
+            if isinstance(ctx, Reject):
+                self.reject(ctx)
+            else:
+                log.error("gateway bug while parsing a request from %s", self.ip.decode(), exc_info=ctx)
+                self.reject(Reject(500, "internal_error", "internal error"))
+        except httptools.HttpParserUpgrade:
+            pass  # refused in on_headers_complete already
+        except httptools.HttpParserError as exc:
+            self.reject(Reject(400, "bad_request", f"malformed request: {exc}"))
+        cur = self.cur
+        if cur is not None and cur.uout:
+            cur.flush_up()
+        if self.out:
+            self.flush()
+
+    # ---- httptools (no on_message_begin: the state is reset when a head is complete) ----
+    @property
+    def in_head(self) -> bool:
+        """A request head has started arriving and is not complete."""
+        return bool(self.url or self.headers)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > self.limits.max_url_bytes:
+            raise Reject(414, "uri_too_long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.hbytes += len(name) + len(value) + 4
+        self.headers.append((name, value))
+        if self.hbytes > self.limits.max_header_bytes or len(self.headers) > self.limits.max_headers:
+            raise Reject(431, "headers_too_large")
+
+    def on_headers_complete(self) -> None:
+        url, headers = self.url, self.headers
+        self.url, self.headers, self.hbytes = b"", [], 0
+        parser = self.parser
+        if parser.should_upgrade():
+            raise Reject(501, "upgrade_not_supported")
+        gw = self.gw
+        host = b""
+        clen: bytes | None = None
+        chunked = expect = False
+        rid: bytes | None = None
+        xff: bytes | None = None
+        parts: list[bytes] = []
+        for name, value in headers:
+            low = name.lower()
+            if low in SKIP_REQUEST:
+                if low == b"host":
+                    host = value
+                elif low == b"content-length":
+                    clen = value
+                elif low == b"transfer-encoding":
+                    chunked = True
+                elif low == b"x-forwarded-for":
+                    xff = value if xff is None else xff + b", " + value
+                elif low == b"x-request-id" and REQUEST_ID.fullmatch(value):
+                    rid = value
+                elif low == b"expect":
+                    expect = value.lower() == b"100-continue"
+                continue
+            parts += [name, b": ", value, b"\r\n"]
+        if rid is None:
+            gw.rid += 1
+            rid = gw.rid_prefix + b"%x" % gw.rid
+        ex = Exchange(self, parser.get_method(), rid, perf_counter())
+        ex.host = host
+        self.parsing = ex
+        q = url.find(b"?")
+        if q >= 0:
+            ex.query = url[q:]
+            url = url[:q]
+        ex.path = url
+        if url[:1] != b"/":
+            if url.startswith(b"http://") or url.startswith(b"https://"):  # absolute-form
+                start = url.find(b"//") + 2
+                slash = url.find(b"/", start)
+                host = url[start: slash if slash > 0 else None]
+                url = url[slash:] if slash > 0 else b"/"
+        path = normalize_path(url) if b"/." in url or b"%2" in url or url[:1] != b"/" else url
+        if path is None:
+            raise Reject(400, "bad_request", "the request target must be a path without '..' above the root")
+        ex.path = path
+        if parser.get_http_version() == "1.0":
+            ex.http10 = True
+        elif not host:
+            raise Reject(400, "bad_request", "HTTP/1.1 requires a Host header")
+        if not parser.should_keep_alive():
+            ex.keep_alive = False
+        if clen is not None:
+            if int(clen) > self.limits.max_body_bytes:
+                raise Reject(413, "payload_too_large")
+            ex.clen = clen
+            ex.has_body = clen != b"0"
+            parts += [b"Content-Length: ", clen, b"\r\n"]
+        elif chunked:
+            ex.chunked = ex.has_body = True
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        config = gw.config
+        route = config.router.match(path, split_host(host) if config.router.uses_hosts else b"", ex.method)
+        if route is not None:
+            ex.project = route
+            ex.rest = path[len(route.context):]
+        parts.append(_FORWARDED % (self.ip if xff is None else xff + b", " + self.ip, host, ex.rid) if host
+                     else _FORWARDED_NO_HOST % (self.ip if xff is None else xff + b", " + self.ip, ex.rid))
+        ex.hparts = parts
+        if not ex.has_body:
+            ex.req_complete = True
+        if ex.method == b"HEAD":
+            ex.is_head = True
+        if self.cur is None:
+            self.cur = ex
+            if expect and ex.has_body and route is not None:
+                self.out.append(b"HTTP/1.1 100 Continue\r\n\r\n")
+            ex.start()
+        else:
+            self.queue.append(ex)
+            self.pause(PAUSE_PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.parsing
+        if ex is None:
+            return
+        if ex.done:  # answered already (early response or error): drop the rest, within reason
+            ex.body_bytes += len(body)
+            if ex.body_bytes > DISCARD_LIMIT:
+                self.close()
+            return
+        if ex.body_bytes + len(body) > self.limits.max_body_bytes:
+            raise Reject(413, "payload_too_large")
+        ex.send_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.headers:  # trailer fields of a chunked body: dropped, never headers of the next request
+            self.headers, self.hbytes = [], 0
+        ex = self.parsing
+        self.parsing = None
+        if ex is not None and ex.has_body:
+            if ex.done:
+                ex.req_complete = True
+                if ex is self.cur:
+                    self.exchange_done(ex, False)
+            else:
+                ex.end_body()
+
+    # ---- flow ----
+    def pause(self, bit: int) -> None:
+        if not self.paused and self.transport is not None:
+            self.transport.pause_reading()
+        self.paused |= bit
+
+    def resume(self, bit: int) -> None:
+        if self.paused & bit:
+            self.paused &= ~bit
+            if not self.paused and self.transport is not None and not self.closing:
+                self.transport.resume_reading()
+
+    def flush(self) -> None:
+        out = self.out  # the same list for the connection's life: the upstream side appends to it
+        if out and self.transport is not None and not self.closed:
+            self.transport.writelines(out)
+            out.clear()
+
+    def exchange_done(self, ex: Exchange, close: bool) -> None:
+        """An exchange finished its response; start the next one, or close."""
+        if ex is not self.cur or self.closed:
+            return
+        if close:
+            self.cur = None
+            self.close()
+            return
+        if not ex.req_complete:
+            self.flush()
+            return  # the rest of its body is still coming; on_message_complete calls again
+        self.cur = None
+        if self.advancing:
+            return
+        queue = self.queue
+        if queue:
+            self.advancing = True
+            try:
+                while self.cur is None and queue and not self.closing:
+                    nxt = self.cur = queue.popleft()
+                    nxt.start()
+                    if nxt.uout and nxt is self.cur:
+                        nxt.flush_up()
+            finally:
+                self.advancing = False
+        out = self.out
+        if out and not self.closed:
+            self.transport.writelines(out)  # type: ignore[union-attr]
+            out.clear()
+        if self.cur is None and not self.closing:
+            if self.fatal is not None:
+                self.answer_and_close(self.fatal)
+            elif self.gw.draining:
+                self.close()
+            else:
+                self.resume(PAUSE_PIPELINE)
+
+    def reject(self, r: Reject) -> None:
+        """A request could not be parsed or is over a limit: it never completes upstream."""
+        ex = self.parsing
+        self.parsing = None
+        self.pause(8)
+        if ex is not None and ex in self.queue:
+            self.queue.remove(ex)
+        if ex is not None and ex is self.cur:
+            if not ex.done and not ex.resp_started:
+                ex.req_complete = False
+                ex.fail(r.status, r.code, r.message)
+            else:
+                ex.drop_upstream()
+                self.close()
+        elif self.cur is not None:
+            self.fatal = r  # answered once the exchanges before it are done
+        else:
+            self.answer_and_close(r, ex)
+
+    def answer_and_close(self, r: Reject, ex: Exchange | None = None) -> None:
+        rid = ex.rid if ex is not None else self.gw.next_request_id()
+        self.out.append(error_response(r.status, r.code, rid, r.message, close=True))
+        self.gw.unrouted.record(r.status, 0.0, None)
+        if self.gw.accesslog is not None:
+            self.gw.accesslog.write(rid, self.ip, ex.method if ex else b"-", ex.path if ex else self.url[:200],
+                                    ex.host if ex else b"", r.status, NULL, NULL, 0.0, None)
+        self.close()
+
+    def close(self) -> None:
+        """Send what is queued, then close; keep reading (and dropping) for a moment so that
+        a client still sending its body reads our answer instead of a reset."""
+        if self.closing or self.transport is None:
+            return
+        self.closing = True
+        self.flush()
+        self.queue.clear()
+        transport = self.transport
+        if transport.can_write_eof():
+            transport.write_eof()
+            transport.resume_reading()
+            self.linger_until = self.loop.time() + LINGER
+        else:
+            transport.close()

@@ -1,0 +1,171 @@
+"""The AGS client service: what the server opens on its client port while it serves.
+
+`create_service(server)` is the one integration point with `tandem.server`.
+On `start()` (the HA controller activated us, the store is open):
+
+1. read the stored configuration (ns "gateway", key "config") and check it
+   like a fetched one; serve it before any AMS is reached;
+2. open the client port: in this process when `Workers = 1`, else N worker
+   processes sharing the port with SO_REUSEPORT (`workers.py`);
+3. start the config feed (`feed.py`); it runs only while we serve, because it
+   writes the store.
+
+Each new configuration is stored durably first (so replication carries it to
+the passive AGS), then swapped in (in-process: one reference; workers: pushed
+to each, acknowledged), then reported as applied on the next poll.
+`stop()` stops the feed, closes the port at once and drains in-flight
+requests up to the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from tandem.ags.config import ConfigRejected, validate_document
+from tandem.ags.feed import FeedPoller
+from tandem.ags.metrics import merge, render
+from tandem.ags.runtime import Gateway
+from tandem.ags.settings import GatewaySettings, settings_from_profile
+from tandem.ags.workers import WorkerSet
+from tandem.errors import ServerError
+from tandem.server.service import ClientService, listen_socket
+from tandem.store import Op
+
+if TYPE_CHECKING:
+    from tandem.server.process import ServerProcess
+    from tandem.store import Store
+
+log = logging.getLogger("tandem.ags")
+
+NS, KEY = "gateway", "config"
+
+
+class GatewayService(ClientService):
+    def __init__(self, server: ServerProcess, settings: GatewaySettings | None = None) -> None:
+        self.server = server
+        self.settings = settings or settings_from_profile(server.profile)
+        self.gateway: Gateway | None = None
+        self.workers: WorkerSet | None = None
+        self.feed: FeedPoller | None = None
+        self.feed_task: asyncio.Task[None] | None = None
+        self.revision = 0
+        self.projects = 0
+        self.retired: list[dict[str, Any]] = []
+        self._lock: asyncio.Lock | None = None
+
+    def __repr__(self) -> str:
+        mode = "in-process" if self.settings.in_process else f"{self.settings.workers} workers"
+        return (f"<GatewayService {self.settings.host}:{self.settings.port} {mode} serving={self.serving} "
+                f"revision={self.revision} projects={self.projects}>")
+
+    # ---- lifecycle ----
+    async def start(self) -> None:
+        if self.metrics_text not in self.server.metric_sources:
+            self.server.metric_sources.append(self.metrics_text)
+        self._lock = asyncio.Lock()
+        doc = self.stored_document()
+        s = self.settings
+        if s.in_process:
+            gw = Gateway(s)
+            if doc is not None:
+                gw.apply(doc)
+            try:
+                sock = listen_socket(s.host, s.port)
+            except OSError as exc:
+                raise ServerError(f"cannot open the gateway port {s.host}:{s.port}: {exc.strerror or exc}") from exc
+            await gw.listen(sock)
+            self.gateway = gw
+        else:
+            ws = WorkerSet(s)
+            await ws.start(json.dumps(doc).encode() if doc is not None else b"")
+            self.workers = ws
+        self.revision = doc["revision"] if doc is not None else 0
+        self.projects = len(doc["projects"]) if doc is not None else 0
+        self.serving = True
+        sources = [u for u in [self.server.profile.ha.PrimaryURL, *self.server.profile.ha.backup_urls] if u]
+        self.feed = FeedPoller(s, sources, lambda: self.revision, self.ha_state, self.apply)
+        self.feed_task = asyncio.get_running_loop().create_task(self.feed.run())
+        mode = "in this process" if s.in_process else f"in {s.workers} worker processes"
+        log.info("gateway serving revision %d (%d projects) on %s:%d %s", self.revision, self.projects,
+                 s.host, s.port, mode)
+
+    async def stop(self, drain_timeout: float) -> None:
+        self.serving = False
+        if self.feed_task is not None:
+            self.feed_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.feed_task
+            self.feed_task = None
+        gw, ws = self.gateway, self.workers
+        self.gateway = self.workers = None
+        if gw is not None:
+            await gw.drain(drain_timeout)
+            self.retired = [merge([*self.retired, gw.metrics.snapshot()])]
+        if ws is not None:
+            await ws.stop(drain_timeout)
+            self.retired = [merge([*self.retired, *ws.snapshots()])]
+
+    # ---- configuration ----
+    def store(self) -> Store:
+        return self.server.store if self.server.store is not None else self.server.open_store()
+
+    def stored_document(self) -> dict[str, Any] | None:
+        raw = self.store().get(NS, KEY)
+        if raw is None:
+            log.info("gateway: no stored configuration yet; serving none until an AMS answers")
+            return None
+        try:
+            return validate_document(raw, self.settings.environment)
+        except ConfigRejected as exc:
+            log.error("gateway: the stored configuration is unusable (%s); serving none until an AMS answers",
+                      exc)
+            return None
+
+    async def apply(self, body: bytes, doc: dict[str, Any]) -> None:
+        """Store, then swap. A store failure raises: nothing is swapped, the feed retries."""
+        assert self._lock is not None
+        async with self._lock:
+            if not self.serving:
+                raise RuntimeError("the gateway stopped serving")
+            store = self.store()
+            t0 = time.perf_counter()
+            # off the loop: an fsync of a large document (or a synchronous replica ack) must not stall it
+            await asyncio.to_thread(store.commit, [Op(NS, KEY, doc)])
+            t1 = time.perf_counter()
+            if self.gateway is not None:
+                self.gateway.apply(doc)
+            elif self.workers is not None:
+                await self.workers.push(body, doc["revision"])
+            t2 = time.perf_counter()
+            self.revision = doc["revision"]
+            self.projects = len(doc["projects"])
+            log.info("gateway: revision %d stored in %.0f ms, swapped in %.0f ms", self.revision,
+                     (t1 - t0) * 1000, (t2 - t1) * 1000)
+
+    def ha_state(self) -> str:
+        with contextlib.suppress(Exception):
+            return str(self.server.controller.status().get("state") or "")
+        return ""
+
+    # ---- metrics (HA port /metrics) ----
+    def metrics_text(self) -> bytes:
+        snaps = list(self.retired)
+        live = 0
+        if self.gateway is not None:
+            snaps.append(self.gateway.metrics.snapshot())
+            live = 1
+        if self.workers is not None:
+            snaps.extend(self.workers.snapshots())
+            live = self.workers.live
+        rejected = self.feed.rejected if self.feed is not None else 0
+        return render(merge(snaps), self.revision, rejected, live)
+
+
+def create_service(server: ServerProcess) -> ClientService:
+    """The AGS data plane for `server` (called by tandem.server.service.make_client_service)."""
+    return GatewayService(server)

@@ -1,0 +1,270 @@
+"""Worker processes: N gateway processes sharing the client port with SO_REUSEPORT.
+
+The server process (the parent) owns the store, the HA role and the config
+feed; workers only serve. Each worker is `python -m tandem.ags.workers FD`
+with a Unix socket to the parent. Frames are a 4-byte big-endian length,
+then one type byte, then the payload:
+
+    parent -> worker   C <document JSON>     serve this configuration (b"" for none)
+                       S <drain seconds>     stop accepting, drain, exit
+    worker -> parent   R                     listening (after the first C)
+                       E <reason>            could not listen: start fails
+                       A <revision>          configuration applied
+                       M <metrics JSON>      counters snapshot (about once a second)
+
+A worker listens only after it has its first configuration, so a restarted
+gateway never answers from an empty table when it has a stored one. A
+worker dies with its parent (PR_SET_PDEATHSIG, and EOF on the control
+socket): a server killed by its watchdog never leaves a worker serving.
+A worker that dies while the parent serves is restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import signal
+import socket
+import struct
+import sys
+from typing import Any
+
+from tandem.ags.settings import GatewaySettings
+from tandem.errors import ServerError
+
+log = logging.getLogger("tandem.ags.workers")
+
+START_TIMEOUT = 20.0
+APPLY_TIMEOUT = 30.0
+METRICS_INTERVAL = 1.0
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    (size,) = struct.unpack(">I", await reader.readexactly(4))
+    body = await reader.readexactly(size)
+    return body[:1], body[1:]
+
+
+def frame(kind: bytes, payload: bytes = b"") -> bytes:
+    return struct.pack(">I", len(payload) + 1) + kind + payload
+
+
+class Worker:
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.proc: asyncio.subprocess.Process | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.applied = 0
+        self.applied_event = asyncio.Event()
+        self.metrics: dict[str, Any] = {}
+        self.reader_task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        pid = self.proc.pid if self.proc else None
+        return f"<Worker {self.index} pid={pid} applied={self.applied}>"
+
+    def send(self, kind: bytes, payload: bytes = b"") -> None:
+        if self.writer is not None and not self.writer.is_closing():
+            self.writer.write(frame(kind, payload))
+
+
+class WorkerSet:
+    """The parent's view of its workers."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.workers: list[Worker] = []
+        self.retired: list[dict[str, Any]] = []  # counters of workers that exited
+        self.document = b""
+        self.stopping = False
+        self._monitor: list[asyncio.Task[None]] = []
+
+    def __repr__(self) -> str:
+        return f"<WorkerSet n={len(self.workers)} stopping={self.stopping}>"
+
+    @property
+    def live(self) -> int:
+        return sum(1 for w in self.workers if w.proc is not None and w.proc.returncode is None)
+
+    async def start(self, document: bytes) -> None:
+        """Spawn every worker with `document`; returns once all listen. Raises ServerError."""
+        self.document = document
+        self.stopping = False
+        self.workers = [await self._spawn(i) for i in range(self.settings.workers)]
+        try:
+            await asyncio.wait_for(asyncio.gather(*(w.ready for w in self.workers)), START_TIMEOUT)
+        except (TimeoutError, ServerError) as exc:
+            await self.stop(0)
+            reason = str(exc) or f"workers did not listen within {START_TIMEOUT:.0f} s"
+            raise ServerError(f"gateway workers could not start: {reason}") from exc
+
+    async def _spawn(self, index: int) -> Worker:
+        w = Worker(index)
+        parent_sock, child_sock = socket.socketpair()
+        env = dict(os.environ, TANDEM_AGS_SETTINGS=self.settings.to_json(), TANDEM_AGS_WORKER=str(index),
+                   TANDEM_AGS_PARENT=str(os.getpid()))
+        env.pop("TANDEM_WATCHDOG_FD", None)
+        try:
+            w.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "tandem.ags.workers", str(child_sock.fileno()),
+                pass_fds=(child_sock.fileno(),), env=env, stdin=asyncio.subprocess.DEVNULL)
+        finally:
+            child_sock.close()
+        reader, w.writer = await asyncio.open_unix_connection(sock=parent_sock)
+        w.send(b"C", self.document)
+        w.reader_task = asyncio.get_running_loop().create_task(self._read(w, reader))
+        return w
+
+    async def _read(self, w: Worker, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                kind, payload = await read_frame(reader)
+                if kind == b"R" and not w.ready.done():
+                    w.ready.set_result(None)
+                elif kind == b"E" and not w.ready.done():
+                    w.ready.set_exception(ServerError(payload.decode(errors="replace")))
+                elif kind == b"A":
+                    w.applied = int(payload)
+                    w.applied_event.set()
+                elif kind == b"M":
+                    w.metrics = json.loads(payload)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        if w.proc is not None:
+            await w.proc.wait()
+        if not w.ready.done():
+            w.ready.set_exception(ServerError(f"worker {w.index} exited with code {w.proc and w.proc.returncode}"))
+        if w.metrics:
+            self.retired.append(w.metrics)
+            w.metrics = {}
+        if not self.stopping and w in self.workers:
+            log.error("gateway worker %d (pid %s) exited with code %s: restarting it", w.index,
+                      w.proc and w.proc.pid, w.proc and w.proc.returncode)
+            await asyncio.sleep(0.5)
+            if not self.stopping and w in self.workers:
+                self.workers[self.workers.index(w)] = await self._spawn(w.index)
+
+    async def push(self, document: bytes, revision: int) -> None:
+        """Send a configuration to every worker; returns when each has applied it."""
+        self.document = document
+        for w in self.workers:
+            w.applied_event.clear()
+            w.send(b"C", document)
+        deadline = asyncio.get_running_loop().time() + APPLY_TIMEOUT
+        for w in list(self.workers):
+            while w.applied < revision and w.proc is not None and w.proc.returncode is None:
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    log.warning("gateway worker %d has not applied revision %d within %.0f s", w.index,
+                                revision, APPLY_TIMEOUT)
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(w.applied_event.wait(), left)
+                w.applied_event.clear()
+
+    async def stop(self, drain_timeout: float) -> None:
+        self.stopping = True
+        for w in self.workers:
+            w.send(b"S", str(drain_timeout).encode())
+        for w in self.workers:
+            if w.proc is None:
+                continue
+            try:
+                await asyncio.wait_for(w.proc.wait(), drain_timeout + 3.0)
+            except TimeoutError:
+                log.warning("gateway worker %d did not exit: killing pid %d", w.index, w.proc.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    w.proc.kill()
+                await w.proc.wait()
+        for w in self.workers:
+            if w.reader_task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(w.reader_task, 2.0)
+            if w.writer is not None:
+                w.writer.close()
+        self.workers = []
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        return self.retired + [w.metrics for w in self.workers if w.metrics]
+
+
+# ---- the worker process ----
+
+def _die_with_parent(parent: int) -> None:
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+async def _worker(fd: int, settings: GatewaySettings, index: int) -> None:
+    from tandem.ags.runtime import Gateway
+    from tandem.server.service import listen_socket
+
+    reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=fd))
+    gw = Gateway(settings)
+    listening = False
+    last_metrics: dict[str, Any] = {}
+
+    async def report() -> None:
+        nonlocal last_metrics
+        while True:
+            await asyncio.sleep(METRICS_INTERVAL)
+            snap = gw.metrics.snapshot()
+            if snap != last_metrics:
+                last_metrics = snap
+                writer.write(frame(b"M", json.dumps(snap).encode()))
+
+    reporter = asyncio.get_running_loop().create_task(report())
+    try:
+        while True:
+            try:
+                kind, payload = await read_frame(reader)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                gw.stop_accepting()  # the parent is gone: serve nothing more
+                os._exit(0)
+            if kind == b"C":
+                if payload:
+                    compiled = gw.apply(json.loads(payload))
+                    writer.write(frame(b"A", str(compiled.revision).encode()))
+                if not listening:
+                    try:
+                        sock = listen_socket(settings.host, settings.port, reuse_port=True)
+                        await gw.listen(sock)
+                    except OSError as exc:
+                        writer.write(frame(b"E", f"cannot listen on {settings.host}:{settings.port}: "
+                                                 f"{exc.strerror or exc}".encode()))
+                        await writer.drain()
+                        return
+                    listening = True
+                    writer.write(frame(b"R"))
+            elif kind == b"S":
+                await gw.drain(float(payload or b"5"))
+                writer.write(frame(b"M", json.dumps(gw.metrics.snapshot()).encode()))
+                await writer.drain()
+                return
+    finally:
+        reporter.cancel()
+
+
+def main(argv: list[str]) -> int:
+    parent = int(os.environ.get("TANDEM_AGS_PARENT", "0"))
+    _die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
+    index = int(os.environ.get("TANDEM_AGS_WORKER", "0"))
+    settings = GatewaySettings.from_json(os.environ["TANDEM_AGS_SETTINGS"])
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
+                        format=f"%(asctime)s %(levelname)s %(name)s[worker {index}] %(message)s")
+    import uvloop
+
+    uvloop.run(_worker(int(argv[0]), settings, index))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
