@@ -1,0 +1,58 @@
+"""An AGS pair in replicated mode: the configuration an active gateway applied is
+replicated to its passive, so after a failover with every AMS down the new active
+serves the same APIs from its own store (SPEC section 5)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+from conftest import Home, Watcher, wait_for
+
+from tandem.ags.testkit import echo_backend
+
+TOKEN = "test-admin-token-ags-pair"
+
+
+def test_ags_pair_serves_replicated_config_after_failover_with_ams_down(home: Home, tmp_path: Path) -> None:
+    ams = home.server("haprofile1/primary/AMS")
+    ams.start(env={"TANDEM_ADMIN_TOKEN": TOKEN})
+    ams.wait_state("Standalone", timeout=10)
+    gp, gs = home.pair("haprofile1", "AGS")
+    gw_env = {"TANDEM_GATEWAY_TOKEN": TOKEN}
+    with echo_backend(tmp_path / "echo.log", "pair") as (backend, _), \
+            httpx.Client(base_url=ams.prof.client_url, headers={"Authorization": f"Bearer {TOKEN}"},
+                         timeout=10) as api:
+        gp.start(env=gw_env)
+        gs.start(env=gw_env)
+        gp.wait_state("Active", "Standalone", timeout=10)
+        project = {"name": "pets", "version": "1", "context_path": "/pets",
+                   "targets": [{"url": f"{backend}/v1", "weight": 1}]}
+        assert api.post("/api/v1/projects", json=project).status_code == 201
+        assert api.post("/api/v1/projects/pets/deploy", json={"environment": "default"}).status_code == 202
+
+        def serves(port: int) -> bool:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/pets/dogs", timeout=1)
+            except httpx.HTTPError:
+                return False
+            return r.status_code == 200 and r.json()["path"] == "/v1/dogs"
+
+        wait_for(lambda: serves(gp.client_port), 10, "active gateway serves the deployed API")
+        lock = home.lockfile("haprofile1", "AGS")
+        wait_for(lambda: len(json.loads(lock.read_text())["in_sync"]) == 2, 10, "gateway pair in sync")
+        wait_for(lambda: (d := gs.status()) and d["lsn"] == gp.status()["lsn"], 10,  # type: ignore[index]
+                 "passive gateway has the active's configuration")
+
+        ams.kill9()  # no AMS anywhere from now on
+        watcher = Watcher([gp, gs])
+        watcher.start()
+        try:
+            wait_for(lambda: len(watcher.samples) > 10, 5, "watcher baseline")
+            gp.kill9()
+            gs.wait_state("Standalone", timeout=5)
+            wait_for(lambda: serves(gs.client_port), 5, "new active gateway serves from its replicated store")
+        finally:
+            watcher.stop()
+        watcher.check()
