@@ -30,7 +30,6 @@ Everything is bounded in time; every process is stopped by pid at the end.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -81,10 +80,7 @@ class Config:
 
 
 def lockfile_in_sync(home: Home) -> int:
-    try:
-        return len(json.loads(home.lockfile(PAIR, "AMS").read_text())["in_sync"])
-    except (OSError, ValueError, KeyError):
-        return 0
+    return len(home.in_sync(PAIR, "AMS"))
 
 
 def new_home(root: Path, name: str, prepare: Callable[[Path], None] | None = None) -> Home:
@@ -103,13 +99,7 @@ def start_standalone(home: Home) -> Server:
 
 
 def start_pair(home: Home) -> tuple[Server, Server]:
-    p, s = home.pair(PAIR, "AMS")
-    p.start(env=ENV)
-    s.start(env=ENV)
-    p.wait_state("Active", timeout=30)
-    s.wait_state("Passive", timeout=30)
-    wait_for(lambda: lockfile_in_sync(home) == 2, 30, f"{home.path.name}: pair in sync")
-    return p, s
+    return home.start_pair(PAIR, "AMS", env=ENV, timeout=30)
 
 
 def write_one(client: httpx.Client, base: str, name: str, refused: list[str]) -> float:

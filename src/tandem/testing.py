@@ -216,6 +216,26 @@ class Home:
     def lockfile(self, pair: str, component: str) -> Path:
         return Path(load_profile(self.path, f"{pair}/primary/{component}").ha.LockFile)
 
+    def in_sync(self, pair: str, component: str) -> list[str]:
+        """The servers the pair's LockFile record names in sync ([] when unreadable)."""
+        try:
+            found = json.loads(self.lockfile(pair, component).read_text())["in_sync"]
+        except (OSError, ValueError, KeyError):
+            return []
+        return [str(x) for x in found]
+
+    def start_pair(self, pair: str, component: str, env: dict[str, str] | None = None,
+                   timeout: float = 15) -> tuple[Server, Server]:
+        """Start both halves of a replicated pair; return (active, passive) once the
+        LockFile names both in sync (the primary wins the start)."""
+        p, s = self.pair(pair, component)
+        p.start(env=env)
+        s.start(env=env)
+        p.wait_state("Active", timeout=timeout)
+        s.wait_state("Passive", timeout=timeout)
+        wait_for(lambda: len(self.in_sync(pair, component)) == 2, timeout, f"{pair}/{component} in sync")
+        return p, s
+
     def cleanup(self) -> None:
         for s in self.servers:
             s.stop()

@@ -14,7 +14,6 @@ that got a 201 must be on the new active (and on the restarted old one).
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from typing import Any
@@ -35,20 +34,11 @@ def url(srv: Server) -> str:
 
 
 def both_in_sync(home: Home) -> bool:
-    try:
-        return len(json.loads(home.lockfile(PAIR, "AMS").read_text())["in_sync"]) == 2
-    except (OSError, ValueError, KeyError):
-        return False
+    return len(home.in_sync(PAIR, "AMS")) == 2
 
 
 def start_pair(home: Home) -> tuple[Server, Server]:
-    p, s = home.pair(PAIR, "AMS")
-    p.start(env=ENV)
-    s.start(env=ENV)
-    p.wait_state("Active", timeout=15)
-    s.wait_state("Passive", timeout=15)
-    wait_for(lambda: both_in_sync(home), 15, "pair in sync (LockFile in_sync names both)")
-    return p, s
+    return home.start_pair(PAIR, "AMS", env=ENV)
 
 
 def digest(srv: Server) -> dict[str, Any] | None:

@@ -28,20 +28,11 @@ HDR = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def start_pair(home: Home) -> tuple[Server, Server]:
-    p, s = home.pair(PAIR, "AMS")
-    p.start(env=ENV)
-    s.start(env=ENV)
-    p.wait_state("Active", timeout=10)
-    s.wait_state("Passive", timeout=10)
-    wait_for(lambda: both_in_sync(home), 10, "pair in sync")
-    return p, s
+    return home.start_pair(PAIR, "AMS", env=ENV)
 
 
 def both_in_sync(home: Home) -> bool:
-    try:
-        return len(json.loads(home.lockfile(PAIR, "AMS").read_text())["in_sync"]) == 2
-    except ValueError:
-        return False
+    return len(home.in_sync(PAIR, "AMS")) == 2
 
 
 def url(srv: Server) -> str:

@@ -15,14 +15,12 @@ malformed). Gateway tokens open only the config feed.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import json
 import logging
 import os
 import secrets
-import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ import anyio
 from tandem.ams.errors import ApiError
 from tandem.ams.state import NS_GATEWAY_TOKENS, NS_SETTINGS, AmsState, now_iso
 from tandem.ams.tokenfile import admin_token_path
+from tandem.config.write import write_bytes_atomic
 from tandem.errors import StoreError
 from tandem.store import Op
 
@@ -58,18 +57,7 @@ def server_token_path(server: Any) -> Path:
 def write_secret_file(path: Path, text: str) -> None:
     """Atomically write `text` to `path`, readable by its owner only."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".admin.token.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_bytes_atomic(path, (text + "\n").encode("utf-8"), mode=0o600)
 
 
 def ensure_admin_token(state: AmsState) -> None:

@@ -26,11 +26,14 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_bytes_atomic(path: Path, payload: bytes) -> None:
-    """Temp file in the same folder, fsync, rename over `path`, fsync the folder."""
+def write_bytes_atomic(path: Path, payload: bytes, mode: int | None = None) -> None:
+    """Temp file in the same folder (with `mode` if given), fsync, rename over `path`,
+    fsync the folder."""
     folder = path.parent
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
             fh.flush()
