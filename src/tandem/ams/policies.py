@@ -213,7 +213,7 @@ Policy = Annotated[
     | RequestHeadersPolicy | ResponseHeadersPolicy | CachePolicy | TimeoutPolicy | RetryPolicy | DeliveryPolicy,
     Field(discriminator="type"),
 ]
-_ADAPTER: TypeAdapter[Any] = TypeAdapter(Policy)  # type: ignore[arg-type]
+_ADAPTER: TypeAdapter[Any] = TypeAdapter(Policy)
 
 
 def parse_policy(data: Any) -> _Policy:
