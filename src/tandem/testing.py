@@ -22,11 +22,19 @@ from typing import Any
 
 from tandem.config import configure_ha, load_profile, set_profile_values
 
+_HANDED_OUT: set[int] = set()
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on now, never the same one twice in this process (the
+    kernel may offer a just-closed port again, and a pair needs four distinct ones)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def tandem_cmd(home: Path, *args: str) -> list[str]:

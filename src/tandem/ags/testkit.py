@@ -30,12 +30,7 @@ from tandem.ags.config import canonical_digest
 from tandem.config.model import GatewaySection, HASection, Profile, ServerSection
 from tandem.server.httpmini import MiniHTTPServer, Request, Response
 from tandem.store import Store, open_store
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tandem.testing import free_port as free_port  # re-exported for the gateway tests
 
 
 def project(name: str, context_path: str, *urls: str, **extra: Any) -> dict[str, Any]:

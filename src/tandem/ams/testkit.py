@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from typing import Any
 
 from tandem.config.model import Profile, ServerSection
 from tandem.store import Store, open_store
+from tandem.testing import free_port as free_port  # re-exported for the AMS tests
 
 
 @dataclass(eq=False)
@@ -35,11 +35,6 @@ class ServerStandIn:
     db_location: str
     client: Any = field(default=None)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class InProcessAms:
