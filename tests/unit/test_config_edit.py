@@ -172,7 +172,7 @@ def test_configure_ha_turns_a_pair_shared_with_one_store(home: Path) -> None:
         ("haprofile1", "AMS", ["BackupHAPort=1"], "derived from the other half's HAPort", ConfigError),
         ("haprofile1", "AMS", ["Role=primary"], "Role", ConfigError),
         ("haprofile1", "AMS", ["Workers=1"], "not an [ha] key", ConfigError),
-        ("haprofile1", "AMS", ["secondary.HAPort=17101"], "both halves use HA port 127.0.0.1:17101", ConfigError),
+        ("haprofile1", "AMS", ["secondary.HAPort=17101"], "secondary.HAPort = 17101 is also primary.HAPort on 127.0.0.1", ConfigError),
         ("haprofile1", "AMS", ["DbPath=/one/store"], "a replicated pair needs a store per half", ConfigError),
         ("haprofile1", "AMS", ["PrimaryURL=http://x:1"], "only an AGS profile", ConfigError),
         ("nopair", "AMS", [], "unknown pair 'nopair' for AMS", UnknownProfile),
@@ -203,3 +203,15 @@ def test_configure_ha_shared_needs_one_store(home: Path) -> None:
     with pytest.raises(ConfigError, match="a shared pair uses one store"):
         configure_ha(home, "haprofile1", "AMS", "shared")
     assert snapshot(home) == before
+
+
+def test_configure_ha_refuses_a_port_shared_across_halves_and_kinds(tmp_path: Path) -> None:
+    from tandem.config import configure_ha, init_home
+    from tandem.errors import ConfigError
+
+    home = tmp_path / "h"
+    init_home(home)
+    before = {f: f.read_bytes() for f in (home / "profiles").rglob("profile.toml")}
+    with pytest.raises(ConfigError, match=r"secondary.HAPort = 19000 is also primary.ClientPort"):
+        configure_ha(home, "haprofile1", "AMS", "replicated", ["primary.ClientPort=19000", "secondary.HAPort=19000"])
+    assert before == {f: f.read_bytes() for f in (home / "profiles").rglob("profile.toml")}

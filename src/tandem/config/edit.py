@@ -130,12 +130,16 @@ def set_profile_values(home: Path, name: str, assignments: Sequence[str]) -> Pro
 
 
 def _check_ports(pair: str, p: ServerSection, s: ServerSection) -> None:
-    if (p.HAAddress, p.HAPort) == (s.HAAddress, s.HAPort):
-        raise ConfigError(f"{pair}: both halves use HA port {p.HAAddress}:{p.HAPort}: give each its own HAPort")
-    if (p.ClientAddress, p.ClientPort) == (s.ClientAddress, s.ClientPort):
-        raise ConfigError(
-            f"{pair}: both halves use client port {p.ClientAddress}:{p.ClientPort}: give each its own ClientPort"
-        )
+    """The four listening sockets of a pair (two per half) must all differ."""
+    seen: dict[tuple[str, int], str] = {}
+    for half, sec in (("primary", p), ("secondary", s)):
+        for kind, addr, port in (("ClientPort", sec.ClientAddress, sec.ClientPort),
+                                 ("HAPort", sec.HAAddress, sec.HAPort)):
+            where = f"{half}.{kind}"
+            if (addr, port) in seen:
+                raise ConfigError(f"{pair}: {where} = {port} is also {seen[(addr, port)]} on {addr}: "
+                                  "every port of a pair must be its own")
+            seen[(addr, port)] = where
 
 
 def _check_stores(pair: str, primary: Profile, secondary: Profile) -> None:
