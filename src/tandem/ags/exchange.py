@@ -30,21 +30,12 @@ from tandem.ags.accesslog import NULL
 from tandem.ags.balancer import Balancer, Target
 from tandem.ags.errors import error_response
 from tandem.ags.metrics import BUCKETS
-from tandem.ags.upstream import PoolBusy
+from tandem.ags.upstream import INF, PoolBusy
 
 if TYPE_CHECKING:
     from tandem.ags.protocol import ClientProtocol
     from tandem.ags.upstream import UpstreamConnection
 
-HOP_RESPONSE = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
-                          b"trailer", b"upgrade", b"x-request-id"})
-KEEP, LENGTH, HOP, CONNECTION = 0, 1, 2, 3
-_LOWER_KIND = {**{n: HOP for n in HOP_RESPONSE}, b"connection": CONNECTION, b"content-length": LENGTH}
-# response header names as backends spell them (a dict hit avoids lower() for the common ones)
-_RESPONSE_KIND = {**_LOWER_KIND, **{n.title(): k for n, k in _LOWER_KIND.items()},
-                  **{n: KEEP for n in (b"Server", b"Date", b"Content-Type", b"Cache-Control", b"ETag",
-                                       b"Last-Modified", b"Vary", b"Expires", b"Set-Cookie", b"Location",
-                                       b"Accept-Ranges", b"Content-Encoding", b"X-Backend")}}
 STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
 CONNECTING_BUFFER = 256 * 1024
 
@@ -73,6 +64,7 @@ class Exchange:
     upstream_addr = NULL
 
     def __init__(self, cp: ClientProtocol, method: bytes, rid: bytes, t0: float) -> None:
+        # (the client protocol does this inline, with object.__new__: keep both in step)
         self.cp, self.method, self.rid, self.t0 = cp, method, rid, t0
         self.uout: list[bytes] = []  # upstream-bound bytes waiting for a connection or a flush
 
@@ -81,7 +73,9 @@ class Exchange:
                 f"{getattr(self.project, 'name', None)} status={self.status} done={self.done}>")
 
     # ---- request side ----
-    def start(self) -> None:
+    def start(self, now: float, t: float) -> None:
+        """`now`: the loop's clock (`loop.time()`) and `t`: `perf_counter()`, both read by the caller
+        in this callback (`t` is `t0` when the request starts as soon as its head is parsed)."""
         p = self.project
         if p is None:
             self.fail(404, "no_route")
@@ -89,19 +83,39 @@ class Exchange:
         if p.refusal is not None:
             self.fail(501, "policy_not_supported", p.refusal)
             return
-        self.read_timeout = p.read_timeout
-        target = p.balancer.pick(self.cp.loop.time())
+        self.read_timeout = timeout = p.read_timeout
+        cycle = p.balancer.cycle
+        if len(cycle) == 1 and cycle[0].down_until <= now:  # one target, up: Balancer.pick, inlined
+            target = cycle[0]
+        else:
+            target = p.balancer.pick(now)
         if target is None:
             self.fail(502, "upstream_unavailable", "no target with a weight above 0")
             return
         self.target = target
-        idle = target.pool.idle
-        if idle:  # the common case, inlined: a pooled keep-alive connection
+        pool = target.pool
+        idle = pool.idle
+        if idle:  # the common case, inlined: a pooled keep-alive connection, the head written at once
             conn = idle.pop()
             if conn.alive:
                 conn.reused = True
-                target.pool.busy.add(conn)
-                self.attach(conn)
+                pool.busy.add(conn)
+                conn.ex = self
+                conn.got_data = False
+                self.conn = conn
+                conn.deadline = now + timeout
+                self.t_up = t
+                self.upstream_addr = target.log_name
+                rest = self.rest
+                head = b"".join([self.method, b" ", target.join_base + rest if rest else target.base_path or b"/",
+                                 self.query, target.line_tail, *self.hparts])
+                uout = self.uout
+                if uout:
+                    uout.insert(0, head)
+                else:
+                    conn.transport.write(head)
+                if self.cp.write_paused:  # the client still has not taken the previous response
+                    self.hold_upstream(conn)
                 return
         self.use(target)
 
@@ -191,31 +205,20 @@ class Exchange:
             self.uout.clear()
 
     # ---- response side (called by UpstreamConnection) ----
-    def on_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
-        """Queue the response head for the client; True when the body can be relayed as it is."""
+    def on_head(self, status: int, headers: list[bytes], has_length: bool, connection: list[bytes] | None) -> bool:
+        """Queue the response head for the client; True when the body can be relayed as it is.
+        `headers`: a slot for the status line, then the kept header lines as (name, ": ", value, "\\r\\n")
+        runs (see UpstreamConnection); `connection`: Connection header values naming other headers."""
         self.status = status
         cp = self.cp
-        parts = [STATUS_LINES.get(status) or b"HTTP/1.1 %d Status\r\n" % status]
-        clen = False
-        drop: set[bytes] | None = None
-        for name, value in headers:
-            kind = _RESPONSE_KIND.get(name)
-            if kind is None:
-                kind = _LOWER_KIND.get(name.lower(), KEEP)
-            if kind:
-                if kind == LENGTH:
-                    clen = True
-                elif kind == CONNECTION:
-                    extra = {t.strip().lower() for t in value.split(b",")} - {b"close", b"keep-alive", b""}
-                    if extra:
-                        drop = extra
-                    continue
-                else:
-                    continue
-            parts += [name, b": ", value, b"\r\n"]
-        if drop:
-            parts = [parts[0]] + [b"".join(parts[i:i + 4]) for i in range(1, len(parts), 4)
-                                  if parts[i].lower() not in drop]
+        parts = headers
+        parts[0] = STATUS_LINES.get(status) or b"HTTP/1.1 %d Status\r\n" % status
+        if connection:  # Connection names more headers to drop (hop-by-hop by declaration)
+            drop = {t.strip().lower() for v in connection for t in v.split(b",")} - {b"close", b"keep-alive", b""}
+            if drop:
+                parts = [parts[0]] + [b"".join(parts[i:i + 4]) for i in range(1, len(parts), 4)
+                                      if parts[i].lower() not in drop]
+        clen = has_length
         plain = True
         if self.is_head or status == 204 or status == 304:
             self.no_body = True
@@ -248,15 +251,49 @@ class Exchange:
 
     def on_end(self, conn: UpstreamConnection, reusable: bool) -> None:
         self.conn = None
+        pool = conn.pool
         if reusable and self.req_complete and not self.done:
-            conn.pool.release(conn)
+            idle = pool.idle
+            if (conn.reading and conn.paused_client is None and conn.alive and not pool.waiters
+                    and not pool.closed and len(idle) < pool.keepalive):  # Pool.release, inlined
+                conn.ex = None
+                conn.deadline = INF
+                pool.busy.discard(conn)
+                conn.idle_since = pool.now
+                idle.append(conn)
+            else:
+                pool.release(conn)
         else:
-            conn.pool.discard(conn)
+            pool.discard(conn)
         if self.done:
             return
+        cp = self.cp
         if self.resp_chunked:
-            self.cp.out.append(b"0\r\n\r\n")
-        self.finish(not self.keep_alive or not self.req_complete)
+            cp.out.append(b"0\r\n\r\n")
+        # finish(), inlined for the common case (a project, an upstream time)
+        self.done = True
+        now = perf_counter()
+        took = now - self.t0
+        t_up = self.t_up
+        p = self.project
+        st = p.stats
+        status = self.status
+        st.classes[status // 100 if status < 600 else 5] += 1
+        i = bisect_left(BUCKETS, took)
+        st.lat[i] += 1
+        st.lat_sum += took
+        if t_up == self.t0:  # the request went upstream as soon as it was parsed
+            up = took
+        else:
+            up = now - t_up
+            i = bisect_left(BUCKETS, up)
+        st.up[i] += 1
+        st.up_sum += up
+        accesslog = cp.gw.accesslog
+        if accesslog is not None:
+            accesslog.write(self.rid, cp.ip, self.method, self.path + self.query, self.host, status,
+                            p.log_name, self.upstream_addr, took, up)
+        cp.exchange_done(self, not self.keep_alive or not self.req_complete)
 
     def on_upstream_lost(self, conn: UpstreamConnection) -> None:
         self.conn = None

@@ -42,20 +42,33 @@ SKIP_REQUEST = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"t
                           b"proxy-authorization"})
 REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=@-]{1,128}")
 PAUSE_PIPELINE, PAUSE_UPSTREAM, PAUSE_CONNECTING = 1, 2, 4
+# request header names as clients spell them -> the lower-case name when SKIP_REQUEST has it, else None
+# (a dict hit avoids lower() for the common ones; other names are lowered)
+_REQUEST_NAMES: dict[bytes, bytes | None] = {
+    **{n: n for n in SKIP_REQUEST}, **{n.title(): n for n in SKIP_REQUEST},
+    b"X-Request-ID": b"x-request-id", b"TE": b"te",
+    **{n: None for n in (b"User-Agent", b"Accept", b"Accept-Encoding", b"Accept-Language", b"Content-Type",
+                         b"Authorization", b"Cookie", b"Origin", b"Referer", b"Cache-Control", b"Pragma",
+                         b"If-None-Match", b"If-Modified-Since", b"user-agent", b"accept", b"accept-encoding",
+                         b"accept-language", b"content-type", b"authorization", b"cookie", b"origin",
+                         b"referer", b"cache-control")}}
 _FORWARDED = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: %s\r\nX-Request-Id: %s\r\n\r\n"
 _FORWARDED_NO_HOST = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\nX-Request-Id: %s\r\n\r\n"
 DISCARD_LIMIT = 1024 * 1024
 LINGER = 2.0
+_new_exchange = object.__new__
 
 
 class ClientProtocol(asyncio.Protocol):
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
         self.loop = gw.loop
-        self.limits = gw.settings
+        self.limits = limits = gw.settings
+        self.max_url, self.max_hbytes, self.max_headers = limits.max_url_bytes, limits.max_header_bytes, limits.max_headers
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.ip = b"-"
+        self.forwarded = b"X-Forwarded-For: -\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: "
         self.cur: Exchange | None = None  # the exchange being answered
         self.parsing: Exchange | None = None  # the exchange whose request is being read
         self.queue: deque[Exchange] = deque()
@@ -80,6 +93,7 @@ class ClientProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.ip = peer[0].encode() if peer else b"-"
+        self.forwarded = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: " % self.ip
         self.gw.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -135,14 +149,15 @@ class ClientProtocol(asyncio.Protocol):
         return bool(self.url or self.headers)
 
     def on_url(self, url: bytes) -> None:
-        self.url += url
-        if len(self.url) > self.limits.max_url_bytes:
+        self.url = url = self.url + url
+        if len(url) > self.max_url:
             raise Reject(414, "uri_too_long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.hbytes += len(name) + len(value) + 4
-        self.headers.append((name, value))
-        if self.hbytes > self.limits.max_header_bytes or len(self.headers) > self.limits.max_headers:
+        self.hbytes = n = self.hbytes + len(name) + len(value) + 4
+        headers = self.headers
+        headers.append((name, value))
+        if n > self.max_hbytes or len(headers) > self.max_headers:
             raise Reject(431, "headers_too_large")
 
     def on_headers_complete(self) -> None:
@@ -154,13 +169,18 @@ class ClientProtocol(asyncio.Protocol):
         gw = self.gw
         host = b""
         clen: bytes | None = None
-        chunked = expect = False
+        chunked = expect = connection = False
         rid: bytes | None = None
         xff: bytes | None = None
         parts: list[bytes] = []
+        kinds = _REQUEST_NAMES
         for name, value in headers:
-            low = name.lower()
-            if low in SKIP_REQUEST:
+            low = kinds.get(name, name)  # a known spelling: its lower-case form if skipped, else None
+            if low is name:
+                low = name.lower()
+                if low not in SKIP_REQUEST:
+                    low = None
+            if low is not None:
                 if low == b"host":
                     host = value
                 elif low == b"content-length":
@@ -173,12 +193,16 @@ class ClientProtocol(asyncio.Protocol):
                     rid = value
                 elif low == b"expect":
                     expect = value.lower() == b"100-continue"
+                elif low == b"connection" or low == b"proxy-connection":
+                    connection = True
                 continue
             parts += [name, b": ", value, b"\r\n"]
         if rid is None:
-            gw.rid += 1
-            rid = gw.rid_prefix + b"%x" % gw.rid
-        ex = Exchange(self, parser.get_method(), rid, perf_counter())
+            gw.rid = n = gw.rid + 1
+            rid = gw.rid_format % n
+        method = parser.get_method()
+        ex = _new_exchange(Exchange)  # Exchange.__init__, inlined (no Python call)
+        ex.cp, ex.method, ex.rid, ex.t0, ex.uout = self, method, rid, perf_counter(), []
         ex.host = host
         self.parsing = ex
         q = url.find(b"?")
@@ -186,48 +210,64 @@ class ClientProtocol(asyncio.Protocol):
             ex.query = url[q:]
             url = url[:q]
         ex.path = url
-        if url[:1] != b"/":
+        # (find(), not `in`: `bytes in bytes` tries the operand as an int first, and pays for a TypeError)
+        if url[:1] != b"/" or url.find(b"/.") >= 0 or url.find(b"%2") >= 0:
             if url.startswith(b"http://") or url.startswith(b"https://"):  # absolute-form
                 start = url.find(b"//") + 2
                 slash = url.find(b"/", start)
                 host = url[start: slash if slash > 0 else None]
                 url = url[slash:] if slash > 0 else b"/"
-        path = normalize_path(url) if b"/." in url or b"%2" in url or url[:1] != b"/" else url
-        if path is None:
-            raise Reject(400, "bad_request", "the request target must be a path without '..' above the root")
-        ex.path = path
-        if parser.get_http_version() == "1.0":
+            path = normalize_path(url)
+            if path is None:
+                raise Reject(400, "bad_request", "the request target must be a path without '..' above the root")
+            ex.path = path
+        else:
+            path = url
+        # llhttp keeps an HTTP/1.0 connection alive only when told to by a Connection header: without
+        # one, keep-alive means HTTP/1.1, and get_http_version() (a str.format) is not needed
+        keep_alive = parser.should_keep_alive()
+        if (connection or not keep_alive) and parser.get_http_version() == "1.0":
             ex.http10 = True
         elif not host:
             raise Reject(400, "bad_request", "HTTP/1.1 requires a Host header")
-        if not parser.should_keep_alive():
+        if not keep_alive:
             ex.keep_alive = False
+        has_body = False
         if clen is not None:
             if int(clen) > self.limits.max_body_bytes:
                 raise Reject(413, "payload_too_large")
             ex.clen = clen
-            ex.has_body = clen != b"0"
+            ex.has_body = has_body = clen != b"0"
             parts += [b"Content-Length: ", clen, b"\r\n"]
         elif chunked:
-            ex.chunked = ex.has_body = True
+            ex.chunked = ex.has_body = has_body = True
             parts.append(b"Transfer-Encoding: chunked\r\n")
-        config = gw.config
-        route = config.router.match(path, split_host(host) if config.router.uses_hosts else b"", ex.method)
+        router = gw.config.router
+        if router.depth == 1:  # Router.match's first probe, inlined
+            i = path.find(b"/", 1)
+            route = router.plain.get(path[:i] if i > 0 else path)
+            if route is None:
+                route = router.match(path, split_host(host) if router.uses_hosts else b"", method)
+        else:
+            route = router.match(path, split_host(host) if router.uses_hosts else b"", method)
         if route is not None:
             ex.project = route
             ex.rest = path[len(route.context):]
-        parts.append(_FORWARDED % (self.ip if xff is None else xff + b", " + self.ip, host, ex.rid) if host
-                     else _FORWARDED_NO_HOST % (self.ip if xff is None else xff + b", " + self.ip, ex.rid))
+        if xff is None and host:  # the common case: the line prefix made once per connection
+            parts += [self.forwarded, host, b"\r\nX-Request-Id: ", rid, b"\r\n\r\n"]
+        else:
+            parts.append(_FORWARDED % (self.ip if xff is None else xff + b", " + self.ip, host, rid) if host
+                         else _FORWARDED_NO_HOST % (self.ip if xff is None else xff + b", " + self.ip, rid))
         ex.hparts = parts
-        if not ex.has_body:
+        if not has_body:
             ex.req_complete = True
-        if ex.method == b"HEAD":
+        if method == b"HEAD":
             ex.is_head = True
         if self.cur is None:
             self.cur = ex
-            if expect and ex.has_body and route is not None:
+            if expect and has_body and route is not None:
                 self.out.append(b"HTTP/1.1 100 Continue\r\n\r\n")
-            ex.start()
+            ex.start(self.last_rx, ex.t0)  # last_rx: set by data_received in this same callback
         else:
             self.queue.append(ex)
             self.pause(PAUSE_PIPELINE)
@@ -296,7 +336,7 @@ class ClientProtocol(asyncio.Protocol):
             try:
                 while self.cur is None and queue and not self.closing:
                     nxt = self.cur = queue.popleft()
-                    nxt.start()
+                    nxt.start(self.loop.time(), perf_counter())
                     if nxt.uout and nxt is self.cur:
                         nxt.flush_up()
             finally:
@@ -310,7 +350,7 @@ class ClientProtocol(asyncio.Protocol):
                 self.answer_and_close(self.fatal)
             elif self.gw.draining:
                 self.close()
-            else:
+            elif self.paused & PAUSE_PIPELINE:
                 self.resume(PAUSE_PIPELINE)
 
     def reject(self, r: Reject) -> None:

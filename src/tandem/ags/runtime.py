@@ -46,6 +46,7 @@ class Gateway:
         self.draining = False
         self.servers: list[asyncio.AbstractServer] = []
         self.rid_prefix = secrets.token_hex(4).encode() + b"-"  # request ids: this prefix + a counter
+        self.rid_format = self.rid_prefix + b"%x"
         self.rid = 0
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -55,7 +56,7 @@ class Gateway:
 
     def next_request_id(self) -> bytes:
         self.rid += 1
-        return self.rid_prefix + b"%x" % self.rid
+        return self.rid_format % self.rid
 
     def apply(self, doc: dict[str, Any]) -> CompiledConfig:
         """Compile a validated document and make it the one new requests see."""

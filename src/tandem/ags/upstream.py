@@ -28,6 +28,19 @@ if TYPE_CHECKING:
 
 INF = float("inf")
 
+# response headers: kept as they are, or LENGTH (kept, and the body is relayed as it is), HOP (dropped),
+# CONNECTION (dropped, and the headers it names too)
+HOP_RESPONSE = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
+                          b"trailer", b"upgrade", b"x-request-id"})
+KEEP, LENGTH, HOP, CONNECTION = 0, 1, 2, 3
+_LOWER_KIND = {**{n: HOP for n in HOP_RESPONSE}, b"connection": CONNECTION, b"content-length": LENGTH}
+# response header names as backends spell them (a dict hit avoids lower() for the common ones)
+_RESPONSE_KIND = {**_LOWER_KIND, **{n.title(): k for n, k in _LOWER_KIND.items()},
+                  **{n: KEEP for n in (b"Server", b"Date", b"Content-Type", b"Cache-Control", b"ETag",
+                                       b"Last-Modified", b"Vary", b"Expires", b"Set-Cookie", b"Location",
+                                       b"Accept-Ranges", b"Content-Encoding", b"X-Backend")}}
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"Keep-Alive", b"Close", b""})
+
 
 class PoolBusy(TimeoutError):
     """Every connection the pool may open is busy: not a failure of the target."""
@@ -45,7 +58,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.deadline = INF
         self.idle_since = 0.0
         self.got_data = False
-        self.headers: list[tuple[bytes, bytes]] = []
+        # the response head being parsed: a slot for the status line, then the kept header lines (name,
+        # ": ", value, "\r\n", ...); whether it had a Content-Length; the values of Connection headers that
+        # name more than close/keep-alive
+        self.headers: list[bytes] = [b""]
+        self.has_length = False
+        self.connection: list[bytes] | None = None
         self.sink: list[bytes] | None = None
         self.paused_client: Any = None  # the ClientProtocol paused by our full write buffer
         self.reading = True  # False while the client's write buffer is full
@@ -92,29 +110,42 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         self.got_data = True
-        self.deadline = ex.cp.loop.time() + ex.read_timeout
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self.reusable = False
             ex.on_upstream_error(self, f"invalid response from upstream: {exc}")
             return
-        if self.complete:
+        if self.complete:  # the common case: the deadline is not pushed, the connection is released
             self.complete = False
             if self.head_only:
                 self.head_only = False
                 self.parser = httptools.HttpResponseParser(self)
             ex.on_end(self, self.keep and self.reusable)
         else:
+            if self.reading:  # (held: no deadline while the client's write buffer is full)
+                self.deadline = ex.cp.loop.time() + ex.read_timeout
             ex.cp.flush()
 
     # httptools (only the callbacks defined here are called: no on_message_begin, no on_status)
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        kind = _RESPONSE_KIND.get(name)
+        if kind is None:
+            kind = _LOWER_KIND.get(name.lower(), KEEP)
+        if kind:
+            if kind == LENGTH:
+                self.has_length = True
+            else:
+                if kind == CONNECTION and value not in _PLAIN_CONNECTION:
+                    if self.connection is None:
+                        self.connection = []
+                    self.connection.append(value)
+                return
+        self.headers += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
-        headers = self.headers
-        self.headers = []
+        headers, has_length, connection = self.headers, self.has_length, self.connection
+        self.headers, self.has_length, self.connection = [b""], False, None
         if self.complete:  # a second response in one read: not ours
             self.reusable = False
             return
@@ -127,7 +158,7 @@ class UpstreamConnection(asyncio.Protocol):
         ex = self.ex
         assert ex is not None
         self.keep = self.parser.should_keep_alive()
-        self.sink = ex.cp.out if ex.on_head(status, headers) else None
+        self.sink = ex.cp.out if ex.on_head(status, headers, has_length, connection) else None
         if ex.is_head:
             self.head_only = True
             self.complete = True
@@ -141,8 +172,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.ex.on_body(body)
 
     def on_message_complete(self) -> None:
-        if self.headers:  # trailer fields of a chunked response: dropped, never headers of the next one
-            self.headers = []
+        if len(self.headers) > 1 or self.has_length or self.connection:  # trailer fields of a chunked
+            self.headers, self.has_length, self.connection = [b""], False, None  # response: dropped
         if self.interim:
             self.interim = False
         elif not self.complete:
