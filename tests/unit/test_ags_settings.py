@@ -19,9 +19,9 @@ def test_defaults_and_overrides(tmp_path: Path) -> None:
     assert s.name == "test-AGS" and s.pair == "test"
     s = settings_from_profile(prof, env={"TANDEM_GATEWAY_TOKEN": "env", "TANDEM_GATEWAY_READ_TIMEOUT": "1.5",
                                          "TANDEM_GATEWAY_MAX_BODY_BYTES": "1000", "TANDEM_GATEWAY_WORKERS": "1"})
-    assert (s.token, s.read_timeout, s.max_body_bytes, s.workers, s.in_process) == ("env", 1.5, 1000, 1, True)
-    s = settings_from_profile(prof, env={"TANDEM_GATEWAY_WORKERS": "1", "TANDEM_GATEWAY_INPROCESS": "0"})
-    assert (s.workers, s.in_process) == (1, False)
+    assert (s.token, s.read_timeout, s.max_body_bytes, s.workers, s.in_process) == ("env", 1.5, 1000, 1, False)
+    s = settings_from_profile(prof, env={"TANDEM_GATEWAY_WORKERS": "1", "TANDEM_GATEWAY_INPROCESS": "1"})
+    assert (s.workers, s.in_process) == (1, True)
     assert GatewaySettings.from_json(s.to_json()) == s
 
 

@@ -31,7 +31,7 @@ class GatewaySettings:
     port: int = 0
     environment: str = "default"
     workers: int = 1  # resolved: never 0
-    in_process: bool = True  # Workers=1 serves inside the server process
+    in_process: bool = False  # Workers=1 with TANDEM_GATEWAY_INPROCESS=1: serve inside the server process
     token: str = ""
     access_log: str = ""  # path of the JSON-lines access log; "" = off
     name: str = ""  # gateway name reported to the AMS
@@ -82,7 +82,10 @@ def settings_from_profile(profile: Profile, env: dict[str, str] | None = None) -
     if env_workers:
         workers = _number(int, "TANDEM_GATEWAY_WORKERS", env_workers)
     workers = workers or os.cpu_count() or 1
-    in_process = workers == 1 and env.get("TANDEM_GATEWAY_INPROCESS", "1") != "0"
+    # Workers = 1 is one worker *process* by default: the data plane then shares neither
+    # its event loop nor its GIL with the HA loop (measured cheaper per request, and
+    # traffic cannot delay lock verification); TANDEM_GATEWAY_INPROCESS=1 serves in-process.
+    in_process = workers == 1 and env.get("TANDEM_GATEWAY_INPROCESS", "0") == "1"
     access = getattr(gw, "AccessLog", True) if gw is not None else True
     values: dict[str, Any] = {}
     for key, field in _TUNABLES.items():
