@@ -26,7 +26,7 @@ class Node:  # one server process as HAController.start() leaves it
         self.holds = self.stolen = False  # lock.held (our belief); the lease was lost under us
         self.claimed = self.lock_lost = self.client_open = self.isolated = self.skip_wait = False
         self.passive_syncing = self.peer_syncing = False
-        self.last_verified = self.heard_at = self.refused_at = NEVER
+        self.last_verified = self.heard_at = NEVER
         self.acquired_at: float | None = None
         self.paused_at: int | None = None  # SIGSTOPped at
         self.handover: int | None = None  # the epoch the peer announced it released
@@ -99,7 +99,6 @@ class Pair:
         if not self.heartbeats_ok or peer.paused_at is not None:
             return  # timeout
         if not peer.alive:  # nothing listens on its HA port: connection refused
-            nd.refused_at = self.t if nd.heard_at > NEVER else nd.refused_at
             return
         for a, b in ((peer, nd), (nd, peer)):
             a.peer_view, a.heard_at, a.epoch = (str(b.state), b.epoch, self.serving(b)), self.t, max(a.epoch, b.epoch)

@@ -118,13 +118,13 @@ class Demo:
             self.backend.shutdown()
 
 
-def _admin_token(home: Path) -> tuple[str, bool]:
+def _admin_token(home: Path) -> str:
     """The pair's admin token: the one an earlier demo stored, else a new one."""
     for half in ("primary", "secondary"):
         f = Path(load_profile(home, f"{PAIR}/{half}/AMS").db_path) / "admin.token"
         if f.exists() and f.read_text().strip():
-            return f.read_text().strip(), False
-    return secrets.token_hex(20), True  # hex: never starts with "-" on a command line
+            return f.read_text().strip()
+    return secrets.token_hex(20)  # hex: never starts with "-" on a command line
 
 
 def run(args: argparse.Namespace) -> int:
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         init_home(home)
         print(f"created a Tandem home at {home}")
     demo = Demo(home)
-    token, _ = _admin_token(home)
+    token = _admin_token(home)
     try:
         demo.backend = ThreadingHTTPServer(("127.0.0.1", args.backend_port), _Backend)
         threading.Thread(target=demo.backend.serve_forever, daemon=True).start()

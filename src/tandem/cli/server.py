@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tandem.config import Profile, load_profile, resolve_profile_name
 from tandem.errors import AlreadyRunning, ServerError, UsageError
-from tandem.server.pidlock import PidLock, running_pid
+from tandem.server.pidlock import running_pid
 
 START_DEADLINE = 20.0
 STOP_DEADLINE = 20.0
@@ -123,5 +123,3 @@ def stop(profile: Profile) -> int:
         time.sleep(0.05)
     raise ServerError(f"{profile.name} (pid {target}) did not stop within {STOP_DEADLINE:.0f} s")
 
-
-__all__ = ["register", "PidLock"]

@@ -277,8 +277,9 @@ class HAController(Controller):
             self._hold_off(HOLD_OFF_AFTER_STEP_DOWN, "just stepped down: giving the peer the first try")
 
     # ---- loops ----
-    async def _every(self, interval: float, fn: Any, name: str) -> None:
-        """Fixed pace: next += interval; warn on overrun, never drift."""
+    async def _every(self, interval: float, fn: Any, name: str, wake: asyncio.Event | None = None) -> None:
+        """Fixed pace: next += interval; warn on overrun, never drift. With `wake`,
+        a tick also runs as soon as the event is set (the pace restarts from then)."""
         loop = asyncio.get_running_loop()
         nxt = loop.time()
         while True:
@@ -292,18 +293,15 @@ class HAController(Controller):
                 log.warning("%s loop overran by %.0f ms", name, -delay * 1000)
                 nxt = loop.time()
                 delay = 0
-            if name == "cycle":
-                try:
-                    await asyncio.wait_for(self.wake.wait(), max(delay, 0))
-                    nxt = loop.time()  # woken early: the pace restarts from now
-                except TimeoutError:
-                    pass
-                self.wake.clear()
-            else:
+            if wake is None:
                 await asyncio.sleep(max(delay, 0))
-
-    async def _cycle_tick(self) -> None:
-        await self.run_cycle()
+                continue
+            try:
+                await asyncio.wait_for(wake.wait(), max(delay, 0))
+                nxt = loop.time()  # woken early: the pace restarts from now
+            except TimeoutError:
+                pass
+            wake.clear()
 
     async def _passive_read_tick(self) -> None:
         if not self.lock.held:
@@ -408,7 +406,7 @@ class HAController(Controller):
             log.warning("reading the LockFile at start failed: %s", exc or type(exc).__name__)
         ha = self.cfg
         self.tasks = [
-            asyncio.create_task(self._every(self.tick, self._cycle_tick, "cycle")),
+            asyncio.create_task(self._every(self.tick, self.run_cycle, "cycle", self.wake)),
             asyncio.create_task(self._every(ha.LockVerifyInterval / 1000, self._passive_read_tick, "record")),
             asyncio.create_task(self._every(ha.HeartbeatInterval / 1000, self._heartbeat_tick, "heartbeat")),
         ]

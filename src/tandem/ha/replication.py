@@ -21,10 +21,6 @@ class Replication:
         """We are an active sending catch-up data to the peer (ActiveSync)."""
         return False
 
-    def peer_in_sync(self) -> bool:
-        """The peer's store holds every write we acknowledged in this epoch."""
-        return False
-
     def status(self) -> dict[str, Any]:
         return {"replicated_lsn": None, "lag": None}
 

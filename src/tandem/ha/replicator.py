@@ -111,9 +111,6 @@ class Replicator(Replication):
     def peer_syncing(self) -> bool:
         return self.task is not None and self.catching_up
 
-    def peer_in_sync(self) -> bool:
-        return self.in_sync
-
     def status(self) -> dict[str, Any]:
         st = self.ctl.ops.store
         if self.task is not None and st is not None:
