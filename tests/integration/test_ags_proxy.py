@@ -249,7 +249,7 @@ def test_in_flight_requests_finish_on_the_old_configuration() -> None:
 
 def test_policy_the_gateway_cannot_enforce_is_refused() -> None:
     async def t(env: Env) -> None:
-        env.apply([project("keyed", "/keyed", env.urls[0], policies=[{"type": "api-key"}])], 2)
+        env.apply([project("keyed", "/keyed", env.urls[0], policies=[{"type": "made-up"}])], 2)
         status, _, body = await env.get("/keyed/x")
         assert (status, json.loads(body)["code"]) == (501, "policy_not_supported")
         _never_arrived(env)

@@ -81,19 +81,19 @@ def test_unchanged_projects_are_reused_changed_ones_rebuilt() -> None:
     assert second.revision == 2
 
 
-def test_policies_handled_ignored_or_refused() -> None:
+def test_policies_compiled_or_refused() -> None:
     doc = make_document([
         project("t", "/t", "http://h", policies=[{"type": "timeout", "connect": 1.5, "read": 2}]),
-        project("c", "/c", "http://h", policies=[{"type": "cache", "ttl": 5}, {"type": "retry"}]),
         project("k", "/k", "http://h", policies=[{"type": "api-key"}]),
         project("u", "/u", "http://h", policies=[{"type": "made-up"}]),
+        project("n", "/n", "http://h"),
     ])
     cfg = _compile(validate_document(doc, "default"))
-    t, c, k, u = (cfg.projects[n] for n in "tcku")
-    assert (t.connect_timeout, t.read_timeout, t.refusal) == (1.5, 2.0, None)
-    assert (c.connect_timeout, c.read_timeout, c.refusal) == (5.0, 60.0, None)
-    assert k.refusal is not None and "'api-key'" in k.refusal  # fail closed: never serve it unprotected
-    assert u.refusal is not None and "'made-up'" in u.refusal
+    t, k, u, n = (cfg.projects[n] for n in "tkun")
+    assert (t.connect_timeout, t.read_timeout, t.refusal, t.chain) == (1.5, 2.0, None, None)
+    assert k.refusal is None and k.chain is not None and k.chain.kinds == ["api-key"]
+    assert u.refusal is not None and "'made-up'" in u.refusal  # fail closed: never serve it unprotected
+    assert (n.chain, n.refusal) == (None, None)  # no policy: nothing on the hot path
 
 
 def test_target_paths_are_joined() -> None:

@@ -12,11 +12,11 @@ Projects whose document did not change since the previous configuration are
 reused as they are (with their balancer position and health marks), so a
 redeploy of one project among 5,000 costs little.
 
-Policies are enforced by a later part of the gateway. Until then each
-policy type is either handled here (`timeout`), ignored because its absence
-cannot let a request through that should be stopped nor change what a
-backend receives (`cache`, `retry`), or it makes its project refuse every
-request with 501 `policy_not_supported`: the gateway fails closed.
+Each project's policies are compiled here too, into its `chain`
+(`tandem.ags.policies`); `timeout` sets the project's upstream timeouts. A
+policy the gateway has no builder for (or refuses) makes its project answer
+every request with 501 `policy_not_supported`: the gateway fails closed.
+A project with an auth policy is rebuilt when the consumers change.
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ from collections.abc import Callable
 from typing import Any
 
 from tandem.ags.balancer import Balancer, Target
+from tandem.ags.policies import BUILDERS, Consumers, Services, compile_chain
+from tandem.ags.policies.chain import AUTH_KINDS
 from tandem.ags.router import Router, context_key, split_host
 
 log = logging.getLogger("tandem.ags")
 
-# policy types this gateway applies, and those it may ignore safely; any other makes its project refuse
-# requests (501 policy_not_supported). The policies issue grows ENFORCED_POLICIES (tandem.cli.demo reads it).
-ENFORCED_POLICIES = frozenset({"timeout"})
-IGNORED_POLICIES = frozenset({"cache", "retry"})
+# policy types this gateway enforces (tandem.cli.demo reads it); any other makes its project refuse requests
+ENFORCED_POLICIES = frozenset({"timeout", *BUILDERS})
 
 
 class ConfigRejected(ValueError):
@@ -123,10 +123,11 @@ class Project:
     """A compiled project: what the hot path reads for one route."""
 
     __slots__ = ("name", "context", "hosts", "wild_hosts", "methods", "balancer", "refusal",
-                 "connect_timeout", "read_timeout", "stats", "raw", "log_name")
+                 "connect_timeout", "read_timeout", "stats", "raw", "log_name", "chain", "consumers_digest")
 
     def __init__(self, raw: dict[str, Any], pool_for: Callable[[Target], Any], stats: Any,
-                 connect_timeout: float, read_timeout: float) -> None:
+                 connect_timeout: float, read_timeout: float, consumers: Consumers | None = None,
+                 services: Services | None = None) -> None:
         self.raw = raw
         self.name: str = raw["name"]
         self.log_name = json.dumps(self.name).encode()  # for the access log
@@ -146,13 +147,14 @@ class Project:
         self.balancer = Balancer(targets)
         self.stats = stats
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
-        self.refusal: str | None = None
-        for policy in raw.get("policies") or []:
-            kind = policy["type"]
-            if kind == "timeout":
+        policies = raw.get("policies") or []
+        for policy in policies:
+            if policy["type"] == "timeout":
                 self.connect_timeout, self.read_timeout = _timeouts(policy, connect_timeout, read_timeout)
-            elif kind not in ENFORCED_POLICIES and kind not in IGNORED_POLICIES and self.refusal is None:
-                self.refusal = f"this API has a {kind!r} policy, which this gateway cannot enforce yet"
+        consumers = consumers if consumers is not None else Consumers([])
+        self.consumers_digest = (consumers.digest if any(p["type"] in AUTH_KINDS for p in policies)
+                                 else None)
+        self.chain, self.refusal = compile_chain(raw, consumers, services if services is not None else Services())
 
     def __repr__(self) -> str:
         return f"<Project {self.name} context={self.context!r} targets={len(self.balancer.targets)}>"
@@ -182,14 +184,17 @@ class CompiledConfig:
 
 def compile_config(doc: dict[str, Any], pool_for: Callable[[Target], Any], stats_for: Callable[[str], Any],
                    connect_timeout: float, read_timeout: float,
-                   previous: CompiledConfig | None = None) -> CompiledConfig:
+                   previous: CompiledConfig | None = None, services: Services | None = None) -> CompiledConfig:
     """Build the serving form of a validated document, reusing unchanged projects of `previous`."""
     old = previous.projects if previous is not None else {}
     projects: dict[str, Project] = {}
+    consumers = Consumers(doc.get("consumers") or [])
+    services = services if services is not None else Services()
     for raw in doc["projects"]:
         prev = old.get(raw["name"])
-        if prev is not None and prev.raw == raw:
+        if prev is not None and prev.raw == raw and prev.consumers_digest in (None, consumers.digest):
             projects[raw["name"]] = prev
         else:
-            projects[raw["name"]] = Project(raw, pool_for, stats_for(raw["name"]), connect_timeout, read_timeout)
+            projects[raw["name"]] = Project(raw, pool_for, stats_for(raw["name"]), connect_timeout, read_timeout,
+                                            consumers, services)
     return CompiledConfig(doc["revision"], doc["environment"], projects, doc.get("digest", ""))

@@ -21,6 +21,7 @@ Python calls as possible; rare cases live in separate methods.
 
 from __future__ import annotations
 
+import json
 from bisect import bisect_left
 from http import HTTPStatus
 from time import perf_counter
@@ -28,13 +29,20 @@ from typing import TYPE_CHECKING, Any
 
 from tandem.ags.accesslog import NULL
 from tandem.ags.balancer import Balancer, Target
-from tandem.ags.errors import error_response
+from tandem.ags.errors import MESSAGES, error_response, http_date
 from tandem.ags.metrics import BUCKETS
 from tandem.ags.upstream import INF, PoolBusy
 
 if TYPE_CHECKING:
     from tandem.ags.protocol import ClientProtocol
     from tandem.ags.upstream import UpstreamConnection
+
+class _Error:
+    __slots__ = ("status", "code", "message", "headers", "body")
+
+    def __init__(self, status: int, code: str, message: str | None) -> None:
+        self.status, self.code, self.message, self.headers, self.body = status, code, message, [], b""
+
 
 STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
 CONNECTING_BUFFER = 256 * 1024
@@ -62,6 +70,16 @@ class Exchange:
     t_up = 0.0
     read_timeout = 60.0
     upstream_addr = NULL
+    # policies (tandem.ags.policies): set only for projects with a chain
+    req_headers: list[tuple[bytes, bytes]] | tuple[()] = ()  # the request's headers as received
+    admitted = False  # the chain passed this request
+    hook: Any = None  # the project's Chain when it has response-side work
+    resp_extra: list[bytes] | None = None  # header lines added to whatever answer goes out
+    edit: Any = None  # pending request header edits (policies.base.RequestEdit)
+    consumer: str | None = None  # identified by an auth policy
+    client_ip: bytes = b""  # set by the chain: the peer, or the client behind a trusted proxy
+    capture: Any = None  # a cache fill in progress: .feed(bytes), .end(exchange)
+    attempts = 0  # upstream attempts made for the retry policy
 
     def __init__(self, cp: ClientProtocol, method: bytes, rid: bytes, t0: float) -> None:
         # (the client protocol does this inline, with object.__new__: keep both in step)
@@ -82,6 +100,10 @@ class Exchange:
             return
         if p.refusal is not None:
             self.fail(501, "policy_not_supported", p.refusal)
+            return
+        if p.chain is not None and not self.admitted:
+            self.client_ip = self.cp.ip
+            p.chain.run(self)  # calls admit() or answer(), now or once a step's I/O is done
             return
         self.read_timeout = timeout = p.read_timeout
         cycle = p.balancer.cycle
@@ -118,6 +140,86 @@ class Exchange:
                     self.hold_upstream(conn)
                 return
         self.use(target)
+
+    def admit(self, later: bool) -> None:
+        """The policy chain passed the request: apply its header edits and send it upstream."""
+        if self.done:
+            return
+        self.admitted = True
+        if self.edit is not None:
+            self.apply_edit()
+        if later:
+            self.start(self.cp.loop.time(), perf_counter())
+            if not self.done:
+                self.flush_up()
+            self.cp.flush()
+        else:
+            self.start(self.cp.last_rx, self.t0)
+
+    def apply_edit(self) -> None:
+        """Rebuild the forwarded header lines with the chain's edits (`policies.base.RequestEdit`)."""
+        from tandem.ags.protocol import SKIP_REQUEST
+
+        e = self.edit
+        n = sum(1 for name, _ in self.req_headers if name.lower() not in SKIP_REQUEST)
+        parts = self.hparts
+        lines = [[parts[i], parts[i + 2]] for i in range(0, 4 * n, 4)]
+        out: list[bytes] = []
+        for name, value in e.apply(lines):
+            out += (name, b": ", value, b"\r\n")
+        self.hparts = out + parts[4 * n:]
+        if e.query is not None:
+            self.query = e.query
+
+    def answer(self, a: Any, later: bool = False) -> None:
+        """Reply with the gateway's own response (`policies.base.Answer`): an error or a local reply."""
+        if self.done:
+            return
+        self.drop_upstream()
+        self.status = status = a.status
+        close = not self.keep_alive or not self.req_complete or self.cp.gw.draining
+        if a.code is not None:
+            body = json.dumps({"code": a.code, "message": a.message or MESSAGES.get(a.code, a.code),
+                               "request_id": self.rid.decode("latin-1")}, separators=(",", ":")).encode()
+        else:
+            body = a.body
+        head = [STATUS_LINES.get(status) or b"HTTP/1.1 %d Status\r\n" % status, b"Date: ", http_date(), b"\r\n"]
+        if a.code is not None:
+            head.append(b"Content-Type: application/json\r\n")
+        head += a.headers
+        if self.resp_extra is not None:
+            head += self.resp_extra
+        no_body = self.is_head or status == 204 or status == 304 or status < 200
+        if status != 204 and status != 304:
+            head.append(b"Content-Length: %d\r\n" % len(body))
+        if close:
+            head.append(b"Connection: close\r\n")
+        head += [b"X-Request-Id: ", self.rid, b"\r\n\r\n"]
+        if not no_body:
+            head.append(body)
+        self.cp.out.append(b"".join(head))
+        self.resp_started = True
+        self.finish(close)
+        if later:
+            self.cp.flush()
+
+    def resend(self) -> None:
+        """Send the request again (the retry policy, after its backoff): another target when one is up."""
+        if self.done:
+            return
+        p = self.project
+        now = self.cp.loop.time()
+        if self.tried is None:
+            self.tried = set()
+        if self.target is not None:
+            self.tried.add(self.target)
+        target = p.balancer.pick(now, self.tried) or p.balancer.pick(now)
+        if target is None:
+            self.fail(502, "upstream_unavailable", "no target left to retry on")
+            self.cp.flush()
+            return
+        self.use(target)
+        self.flush_up()
 
     def use(self, target: Target) -> None:
         self.target = target
@@ -218,8 +320,13 @@ class Exchange:
             if drop:
                 parts = [parts[0]] + [b"".join(parts[i:i + 4]) for i in range(1, len(parts), 4)
                                       if parts[i].lower() not in drop]
+        hook = self.hook
+        if hook is not None:
+            parts = hook.on_response(self, status, parts)
+            if parts is None:  # dropped: the retry policy sends the request again
+                return False
         clen = has_length
-        plain = True
+        plain = self.capture is None
         if self.is_head or status == 204 or status == 304:
             self.no_body = True
             plain = False
@@ -230,6 +337,8 @@ class Exchange:
             else:
                 self.resp_chunked = True
                 parts.append(b"Transfer-Encoding: chunked\r\n")
+        if self.resp_extra is not None:
+            parts += self.resp_extra
         if not self.keep_alive or self.resp_close or cp.gw.draining:
             parts.append(b"Connection: close\r\n")
             self.keep_alive = False
@@ -244,6 +353,8 @@ class Exchange:
         """Bodies that are not relayed as they are: re-chunked, or dropped (HEAD, 204, 304)."""
         if self.done or self.no_body:
             return
+        if self.capture is not None:
+            self.capture.feed(data)
         if self.resp_chunked:
             self.cp.out += [b"%x\r\n" % len(data), data, b"\r\n"]
         else:
@@ -267,6 +378,8 @@ class Exchange:
             pool.discard(conn)
         if self.done:
             return
+        if self.capture is not None:
+            self.capture.end(self)
         cp = self.cp
         if self.resp_chunked:
             cp.out.append(b"0\r\n\r\n")
@@ -300,6 +413,8 @@ class Exchange:
         if self.done:
             return
         if not self.resp_started:
+            if self.hook is not None and self.again("the upstream closed the connection without a response"):
+                return
             if conn.reused and not conn.got_data and not self.has_body and not self.retried:
                 self.retried = True  # the backend closed an idle keep-alive connection: once more, fresh
                 self.cp.loop.create_task(self.connect(self.target))  # type: ignore[arg-type]
@@ -312,6 +427,8 @@ class Exchange:
 
     def on_upstream_error(self, conn: UpstreamConnection, reason: str) -> None:
         self.drop_upstream()
+        if not self.resp_started and self.hook is not None and self.again(reason):
+            return
         if not self.resp_started:
             self.fail(502, "upstream_unavailable", reason)
         else:
@@ -319,10 +436,17 @@ class Exchange:
 
     def on_timeout(self) -> None:
         self.drop_upstream()
+        if not self.resp_started and self.hook is not None and self.again("upstream read timeout"):
+            return
         if not self.resp_started:
             self.fail(504, "upstream_timeout")
         else:
             self.abort("upstream read timeout mid-response")
+
+    def again(self, reason: str) -> bool:
+        """Whether the retry policy sends the request again after this failure (it schedules it)."""
+        retry = self.hook.retry
+        return retry is not None and retry.again(self, reason)
 
     # ---- ending ----
     def drop_upstream(self) -> None:
@@ -333,6 +457,9 @@ class Exchange:
     def fail(self, status: int, code: str, message: str | None = None) -> None:
         """Answer with the gateway's own JSON error (only before the response head went out)."""
         if self.done:
+            return
+        if self.resp_extra is not None:  # headers a policy added (CORS, RateLimit-*) go on errors too
+            self.answer(_Error(status, code, message))
             return
         self.drop_upstream()
         self.status = status

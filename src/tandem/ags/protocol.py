@@ -39,7 +39,7 @@ log = logging.getLogger("tandem.ags")
 SKIP_REQUEST = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
                           b"transfer-encoding", b"upgrade", b"host", b"x-forwarded-for", b"x-forwarded-proto",
                           b"x-forwarded-host", b"x-request-id", b"expect", b"content-length",
-                          b"proxy-authorization"})
+                          b"proxy-authorization", b"x-consumer-name"})
 REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=@-]{1,128}")
 PAUSE_PIPELINE, PAUSE_UPSTREAM, PAUSE_CONNECTING = 1, 2, 4
 # request header names as clients spell them -> the lower-case name when SKIP_REQUEST has it, else None
@@ -253,6 +253,8 @@ class ClientProtocol(asyncio.Protocol):
         if route is not None:
             ex.project = route
             ex.rest = path[len(route.context):]
+            if route.chain is not None:
+                ex.req_headers = headers
         if xff is None and host:  # the common case: the line prefix made once per connection
             parts += [self.forwarded, host, b"\r\nX-Request-Id: ", rid, b"\r\n\r\n"]
         else:

@@ -23,6 +23,7 @@ from typing import Any
 from tandem.ags.accesslog import AccessLog
 from tandem.ags.config import CompiledConfig, compile_config
 from tandem.ags.metrics import NO_ROUTE, Metrics
+from tandem.ags.policies import Services
 from tandem.ags.protocol import ClientProtocol
 from tandem.ags.settings import GatewaySettings
 from tandem.ags.upstream import PoolManager
@@ -40,6 +41,7 @@ class Gateway:
         self.config = CompiledConfig.empty(settings.environment)
         self.pools = PoolManager(self.loop, settings.keepalive, settings.max_upstream_connections)
         self.metrics = Metrics()
+        self.services = Services(self.loop)  # policy state that outlives a configuration
         self.unrouted = self.metrics.stats(NO_ROUTE)
         self.accesslog = AccessLog(settings.access_log) if settings.access_log else None
         self.connections: set[ClientProtocol] = set()
@@ -62,7 +64,7 @@ class Gateway:
         """Compile a validated document and make it the one new requests see."""
         s = self.settings
         compiled = compile_config(doc, self.pools.pool_for, self.metrics.stats, s.connect_timeout,
-                                  s.read_timeout, self.config)
+                                  s.read_timeout, self.config, self.services)
         self.config = compiled
         return compiled
 

@@ -121,7 +121,8 @@ class UpstreamConnection(asyncio.Protocol):
             if self.head_only:
                 self.head_only = False
                 self.parser = httptools.HttpResponseParser(self)
-            ex.on_end(self, self.keep and self.reusable)
+            if self.ex is ex:  # (not when the exchange let go of this connection: a retried response)
+                ex.on_end(self, self.keep and self.reusable)
         else:
             if self.reading:  # (held: no deadline while the client's write buffer is full)
                 self.deadline = ex.cp.loop.time() + ex.read_timeout

@@ -1,0 +1,81 @@
+"""`api-key`: the caller presents a consumer's key in a header (or a query parameter).
+
+Keys are looked up by their sha256 (the configuration holds no clear key).
+A missing key is 401 `missing_credentials`, an unknown or revoked one 401
+`invalid_credentials`; with `hide_credentials` the key does not reach the
+backend. The consumer goes upstream in `X-Consumer-Name`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_to_bytes
+
+from tandem.ags.policies.base import Answer, Step, edit, request_header
+from tandem.ags.policies.chain import Context, builder
+
+if TYPE_CHECKING:
+    from tandem.ags.exchange import Exchange
+
+CONSUMER_HEADER = b"X-Consumer-Name"
+
+
+def identified(ex: Exchange, consumer: str) -> None:
+    """An auth step identified `consumer`: remember it and tell the backend."""
+    ex.consumer = consumer
+    edit(ex).set(CONSUMER_HEADER, consumer.encode("utf-8"))
+
+
+def query_value(query: bytes, name: bytes) -> bytes | None:
+    """The first value of parameter `name` in b"?a=1&b=2" (percent-decoded)."""
+    for part in query[1:].split(b"&"):
+        k, _, v = part.partition(b"=")
+        if unquote_to_bytes(k.replace(b"+", b" ")) == name:
+            return unquote_to_bytes(v.replace(b"+", b" "))
+    return None
+
+
+def query_without(query: bytes, name: bytes) -> bytes:
+    kept = [part for part in query[1:].split(b"&")
+            if part and unquote_to_bytes(part.partition(b"=")[0].replace(b"+", b" ")) != name]
+    return b"?" + b"&".join(kept) if kept else b""
+
+
+class ApiKeyStep(Step):
+    kind = "api-key"
+
+    def __init__(self, header: bytes, query_param: bytes | None, hide: bool, keys: dict[str, str]) -> None:
+        self.header, self.lheader, self.query_param, self.hide, self.keys = header, header.lower(), query_param, hide, keys
+
+    def request(self, ex: Exchange) -> Answer | None:
+        key = request_header(ex, self.lheader)
+        from_query = False
+        if key is None and self.query_param is not None and ex.query:
+            key = query_value(ex.query, self.query_param)
+            from_query = key is not None
+        if not key:
+            where = self.header.decode() + (f" or query parameter {self.query_param.decode()!r}"
+                                            if self.query_param else "")
+            return Answer(401, "missing_credentials", f"this API needs an API key (header {where})")
+        consumer = self.keys.get(hashlib.sha256(key).hexdigest())
+        if consumer is None:
+            return Answer(401, "invalid_credentials", "the API key is not valid")
+        identified(ex, consumer)
+        if self.hide:
+            if from_query:
+                edit(ex).query = query_without(ex.query, self.query_param)  # type: ignore[arg-type]
+            else:
+                edit(ex).remove(self.header)
+        return None
+
+
+@builder("api-key")
+def build(policy: dict[str, Any], ctx: Context) -> Step:
+    header = str(policy.get("header") or "X-API-Key").encode("latin-1")
+    qp = policy.get("query_param")
+    return ApiKeyStep(header, qp.encode() if qp else None, bool(policy.get("hide_credentials", True)),
+                      ctx.consumers.by_key_hash)
+
+
+__all__ = ["ApiKeyStep", "CONSUMER_HEADER", "identified"]

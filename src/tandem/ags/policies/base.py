@@ -1,0 +1,151 @@
+"""What every policy is made of: a `Step` per policy, an `Answer` when the gateway replies itself.
+
+A project's policies are compiled once, when a configuration is applied
+(`tandem.ags.policies.compile_chain`), into a `Chain` of steps. Per request
+the chain calls `step.request(ex)` in order; a step returns
+
+- `None`: go on with the next step;
+- an `Answer`: the gateway replies with it (an error with a JSON `code`, a
+  CORS preflight, a cached response) and the request never goes upstream;
+- an awaitable of `Answer | None`: the step needs I/O (Redis, the quota
+  book, a JWKS fetch, a slow password hash); the chain resumes when it is
+  done. Steps that can decide in memory never create one.
+
+What a step may read and write on the exchange `ex` (`tandem.ags.exchange`):
+`ex.method`, `ex.path`, `ex.query` (b"" or b"?..."), `ex.req_headers` (the
+request's header (name, value) pairs as received), `ex.has_body`,
+`ex.client_ip` (bytes; the peer, or the client named by `X-Forwarded-For`
+behind a trusted proxy), `ex.consumer` (str, set by the auth step that
+identified the caller), and through the helpers below: request header edits
+(`edit(ex)`) and response header lines added to whatever answer goes out
+(`add_response_header`).
+
+Steps are shared by every request of the project and by concurrent ones:
+per-request state lives on the exchange, never on the step.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tandem.ags.exchange import Exchange
+
+
+class Answer:
+    """A reply the gateway makes itself. `code` set: a JSON error `{code, message, request_id}`;
+    else `body` as it is. `headers`: complete header lines (b"Name: value\\r\\n")."""
+
+    __slots__ = ("status", "code", "message", "headers", "body")
+
+    def __init__(self, status: int, code: str | None = None, message: str | None = None,
+                 headers: list[bytes] | None = None, body: bytes = b"") -> None:
+        self.status, self.code, self.message = status, code, message
+        self.headers = headers or []
+        self.body = body
+
+    def __repr__(self) -> str:
+        return f"<Answer {self.status} {self.code or ''} headers={len(self.headers)} body={len(self.body)}>"
+
+
+Result = Answer | Awaitable[Answer | None] | None
+
+
+class Step:
+    """One compiled policy. Subclasses set `kind` and override what they need."""
+
+    kind = "?"
+
+    def request(self, ex: Exchange) -> Result:
+        """Called once per request, in chain order (see the module docstring)."""
+        return None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.kind}>"
+
+
+def header_line(name: str | bytes, value: str | bytes) -> bytes:
+    n = name.encode("latin-1") if isinstance(name, str) else name
+    v = value.encode("latin-1") if isinstance(value, str) else value
+    return n + b": " + v + b"\r\n"
+
+
+def request_header(ex: Exchange, lname: bytes) -> bytes | None:
+    """The first value of request header `lname` (lower-case), as received."""
+    for name, value in ex.req_headers:
+        if name.lower() == lname:
+            return value
+    return None
+
+
+def request_headers(ex: Exchange, lname: bytes) -> list[bytes]:
+    return [value for name, value in ex.req_headers if name.lower() == lname]
+
+
+def add_response_header(ex: Exchange, line: bytes) -> None:
+    """Add a header line to the response this request gets, proxied or answered by the gateway."""
+    extra = ex.resp_extra
+    if extra is None:
+        ex.resp_extra = [line]
+    else:
+        extra.append(line)
+
+
+class RequestEdit:
+    """Header changes for the upstream request, applied once when the chain admits the request.
+
+    Names are compared case-insensitively. `remove` drops every line with the name,
+    `set` replaces them with one, `add` appends one, `rename` keeps the values
+    under a new name. `query` replaces the query string (b"" or b"?...")."""
+
+    __slots__ = ("ops", "query")
+
+    def __init__(self) -> None:
+        self.ops: list[tuple[str, bytes, bytes]] = []
+        self.query: bytes | None = None
+
+    def remove(self, name: bytes) -> None:
+        self.ops.append(("remove", name.lower(), b""))
+
+    def set(self, name: bytes, value: bytes) -> None:
+        self.ops.append(("set", name, value))
+
+    def add(self, name: bytes, value: bytes) -> None:
+        self.ops.append(("add", name, value))
+
+    def rename(self, old: bytes, new: bytes) -> None:
+        self.ops.append(("rename", old.lower(), new))
+
+    def apply(self, lines: list[list[bytes]]) -> list[list[bytes]]:
+        """`lines`: [name, value] pairs in order; returns the edited list."""
+        for op, name, value in self.ops:
+            low = name.lower()
+            if op == "remove":
+                lines = [pair for pair in lines if pair[0].lower() != low]
+            elif op == "set":
+                lines = [pair for pair in lines if pair[0].lower() != low] + [[name, value]]
+            elif op == "add":
+                lines.append([name, value])
+            else:  # rename
+                lines = [[value, pair[1]] if pair[0].lower() == low else pair for pair in lines]
+        return lines
+
+
+def edit(ex: Exchange) -> RequestEdit:
+    """This request's pending header edits (created on first use)."""
+    e = ex.edit
+    if e is None:
+        e = ex.edit = RequestEdit()
+    return e
+
+
+def error_body(code: str, message: str, request_id: bytes) -> bytes:
+    return json.dumps({"code": code, "message": message, "request_id": request_id.decode("latin-1")},
+                      separators=(",", ":")).encode()
+
+
+def describe(policy: dict[str, Any]) -> str:
+    """A short, stable name of one policy document, for logs and counter keys."""
+    return json.dumps(policy, sort_keys=True, separators=(",", ":"))
