@@ -245,6 +245,8 @@ class Exchange:
             nxt = p.balancer.pick(loop.time(), self.tried)
             if nxt is not None:
                 self.use(nxt)
+            elif self.hook is not None and self.again(f"cannot connect to {target.host}:{target.port}"):
+                return
             elif isinstance(exc, TimeoutError):
                 self.fail(504, "upstream_timeout", f"connecting to {target.host}:{target.port} timed out")
             else:
