@@ -377,3 +377,17 @@ def test_response_trailers_do_not_leak_into_the_next_response() -> None:
         server.close()
 
     run(t)
+
+
+def test_failover_to_a_target_with_an_idle_pooled_connection() -> None:
+    """A refused target, then one whose pooled keep-alive connection is attached at once: the request
+    must still be written (it once waited forever in the exchange's buffer)."""
+    async def t(env: Env) -> None:
+        assert (await env.get("/pets/warm"))[0] == 200  # leaves an idle connection to backend 0
+        dead = f"http://127.0.0.1:{free_port()}"
+        env.apply([project("mixed", "/mixed", dead, env.urls[0])], 2)
+        for _ in range(4):
+            status, _, _ = await asyncio.wait_for(env.get("/mixed/x"), 3)
+            assert status == 200
+
+    run(t)

@@ -245,6 +245,7 @@ class Exchange:
             nxt = p.balancer.pick(loop.time(), self.tried)
             if nxt is not None:
                 self.use(nxt)
+                self.flush_up()  # (an idle pooled connection is attached at once: nothing else would flush)
             elif self.hook is not None and self.again(f"cannot connect to {target.host}:{target.port}"):
                 return
             elif isinstance(exc, TimeoutError):
@@ -322,13 +323,14 @@ class Exchange:
             if drop:
                 parts = [parts[0]] + [b"".join(parts[i:i + 4]) for i in range(1, len(parts), 4)
                                       if parts[i].lower() not in drop]
+        plain = True
         hook = self.hook
-        if hook is not None:
+        if hook is not None:  # a project with policies: its chain edits the head (and may retry or cache)
             parts = hook.on_response(self, status, parts)
             if parts is None:  # dropped: the retry policy sends the request again
                 return False
+            plain = self.capture is None
         clen = has_length
-        plain = self.capture is None
         if self.is_head or status == 204 or status == 304:
             self.no_body = True
             plain = False
@@ -339,8 +341,6 @@ class Exchange:
             else:
                 self.resp_chunked = True
                 parts.append(b"Transfer-Encoding: chunked\r\n")
-        if self.resp_extra is not None:
-            parts += self.resp_extra
         if not self.keep_alive or self.resp_close or cp.gw.draining:
             parts.append(b"Connection: close\r\n")
             self.keep_alive = False

@@ -151,8 +151,7 @@ class Chain:
 
     def run(self, ex: Exchange) -> None:
         """Admit the request (`ex.admit()`) or answer it; asynchronously when a step needs I/O."""
-        if self.hooks:
-            ex.hook = self
+        ex.hook = self
         self.resume(ex, 0, False)
 
     def resume(self, ex: Exchange, i: int, later: bool) -> None:
@@ -187,15 +186,19 @@ class Chain:
         """The upstream's response head: `parts[0]` the status line, then header lines as
         (name, ": ", value, "\\r\\n") runs or joined lines. Returns the parts to send, or
         None when the response is dropped because the request is retried."""
-        retry = self.retry
-        if retry is not None and status in retry.on_status and retry.again(ex, f"upstream answered {status}"):
-            return None
-        cache = self.cache
-        if cache is not None:
-            cache.on_response(ex, status, parts)
-        edit = self.resp_edit
-        if edit is not None:
-            parts = edit_response(edit, parts)
+        if self.hooks:
+            retry = self.retry
+            if retry is not None and status in retry.on_status and retry.again(ex, f"upstream answered {status}"):
+                return None
+            cache = self.cache
+            if cache is not None:
+                cache.on_response(ex, status, parts)
+            edit = self.resp_edit
+            if edit is not None:
+                parts = edit_response(edit, parts)
+        extra = ex.resp_extra
+        if extra is not None:
+            parts += extra
         return parts
 
 
