@@ -24,6 +24,7 @@ section of docs/benchmarks.md is replaced with the table and this command.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import re
 import shutil
@@ -154,7 +155,8 @@ class Tandem:
     """An AGS through the CLI on a fresh home, its configuration stored before it starts."""
 
     def __init__(self, work: Path, name: str, backend: int, projects: int, workers: int, cpuset: str,
-                 in_process: bool = True, access_log: bool = False) -> None:
+                 in_process: bool = True, access_log: bool = False, policies: list[dict[str, Any]] | None = None,
+                 consumers: list[dict[str, Any]] | None = None) -> None:
         from tandem.store import Op, open_store
 
         self.home = work / name
@@ -166,8 +168,8 @@ class Tandem:
                         f"gateway.AccessLog={'true' if access_log else 'false'}",
                         f"ha.PrimaryURL=http://127.0.0.1:{free_port()}"], check=True, capture_output=True)
         store = open_store(str(self.home / "profiles" / "server1" / "AGS" / "data"))
-        doc = make_document([project(f"p{i}", f"/api{i}", f"http://127.0.0.1:{backend}/")
-                             for i in range(projects)])
+        doc = make_document([project(f"p{i}", f"/api{i}", f"http://127.0.0.1:{backend}/", policies=policies or [])
+                             for i in range(projects)], consumers=consumers)
         store.commit([Op("gateway", "config", doc)])
         store.close()
         env = dict(os.environ, TANDEM_GATEWAY_INPROCESS="1" if in_process else "0")
@@ -185,8 +187,13 @@ class Tandem:
         self.log.close()
 
 
+HEADERS: dict[int, list[str]] = {}  # port -> request headers wrk sends to it
+
+
 def wrk(port: int, path: str, duration: int, cpuset: str, latency: bool = True, pid: int = 0) -> dict[str, float]:
     cmd = ["taskset", "-c", cpuset, "wrk", "-t1", "-c50", f"-d{duration}s"]
+    for h in HEADERS.get(port, []):
+        cmd += ["-H", h]
     if latency:
         cmd.append("--latency")
     before = cpu_ticks(pid) if pid else 0
@@ -250,13 +257,13 @@ def main() -> int:
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--write", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    ap.add_argument("--only", default="", help="comma-separated: one,log,process,floor,n,routing")
+    ap.add_argument("--only", default="", help="comma-separated: one,log,process,floor,n,routing,keyauth")
     args = ap.parse_args()
     for tool in ("nginx", "wrk", "taskset"):
         if shutil.which(tool) is None:
             print(f"bench/gateway.py needs {tool} (apt-get install -y nginx wrk util-linux)", file=sys.stderr)
             return 2
-    only = set(args.only.split(",")) if args.only else {"one", "log", "process", "floor", "n", "routing"}
+    only = set(args.only.split(",")) if args.only else {"one", "log", "process", "floor", "n", "routing", "keyauth"}
     n = cpus()
     all_cpus = f"0-{n - 1}"
     started = time.time()
@@ -295,7 +302,7 @@ def main() -> int:
                 if any(r["non2xx"] for r in ng + tg):
                     notes.append(f"{label}: non-2xx responses seen")
 
-            if only & {"one", "log", "process", "floor"}:
+            if only & {"one", "log", "process", "floor", "keyauth"}:
                 proxy1 = Nginx(work, "proxy1", 1, PROXY.format(backend=bport, port=(p1 := free_port())), "1")
                 procs.append(proxy1)
                 if "one" in only:
@@ -313,6 +320,17 @@ def main() -> int:
                     procs.append(tp)
                     compare("1 worker process (cpu 1)", tp, proxy1, p1, "0")
                     tp.stop()
+                if "keyauth" in only:
+                    key = "tk_bench-key"
+                    consumers = [{"name": "bench", "keys": [{"id": "k1", "sha256": hashlib.sha256(key.encode()).hexdigest()}],
+                                  "credentials": {}}]
+                    tk = Tandem(work, "tandem-keyauth", bport, 10, 1, "1", in_process=False, consumers=consumers,
+                                policies=[{"type": "api-key"}, {"type": "rate-limit", "limit": 1_000_000_000,
+                                                                "window": 1, "by": "consumer", "scope": "node"}])
+                    procs.append(tk)
+                    HEADERS[tk.port] = [f"X-API-Key: {key}"]
+                    compare(KEYAUTH_LABEL, tk, proxy1, p1, "0")
+                    tk.stop()
                 if "floor" in only:
                     fl = Floor(bport, "1")
                     procs.append(fl)
@@ -351,10 +369,43 @@ def main() -> int:
                 p.stop()
     load_after = os.getloadavg()
     minutes = (time.time() - started) / 60
-    section = render(args, rows, routing, notes, n, load_before, load_after, minutes, busy[0] if busy else "")
-    print(section)
-    write_section(args.write, section)
+    policy_rows = [r for r in rows if r.startswith(f"| {KEYAUTH_LABEL} ")]
+    rows = [r for r in rows if r not in policy_rows]
+    if rows or routing:
+        section = render(args, rows, routing, notes, n, load_before, load_after, minutes, busy[0] if busy else "")
+        print(section)
+        write_section(args.write, section)
+    if policy_rows:
+        section = render_policies(args, policy_rows, n, load_before, load_after)
+        print(section)
+        write_section(args.write, section, "Gateway with policies")
     return 0
+
+
+KEYAUTH_LABEL = "api-key + rate-limit (node), 1 worker process (cpu 1)"
+
+
+def render_policies(args: argparse.Namespace, rows: list[str], n: int, before: tuple[float, float, float],
+                    after: tuple[float, float, float]) -> str:
+    cmd = "python bench/gateway.py" + (f" --runs {args.runs}" if args.runs != 5 else "") + \
+        (f" --duration {args.duration}" if args.duration != 10 else "") + (f" --only {args.only}" if args.only else "")
+    return "\n".join([
+        "## Gateway with policies",
+        "",
+        f"`{cmd}` — {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, {n} cpus; load average "
+        f"{before[0]:.1f} before, {after[0]:.1f} after. Same method as the Gateway section (interleaved runs, "
+        "medians, nginx backend on cpu 0, the proxies on cpu 1). Tandem's 10 projects each have an `api-key` "
+        "policy and a node-scope `rate-limit` by consumer (a limit high enough never to refuse: every request is "
+        "checked and counted); wrk sends a valid `X-API-Key`. nginx proxies with no policy at all: the ratio "
+        "is what the policies cost on top of the plain proxy's gap.",
+        "",
+        "| scenario | nginx req/s | Tandem req/s | req/s ratio | p50 ms nginx / Tandem | p99 ms nginx / Tandem "
+        "| p99 ratio | proxy CPU us/request nginx / Tandem | run spread nginx / Tandem |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "Goal: >= 0.55x nginx's req/s on one worker with key-auth + rate-limit.",
+    ]) + "\n"
 
 
 def render(args: argparse.Namespace, rows: list[str], routing: str, notes: list[str], n: int,
@@ -388,17 +439,17 @@ def render(args: argparse.Namespace, rows: list[str], routing: str, notes: list[
         out += ["", "Routing cost (Tandem, 1 worker in the server process, cpu 1):", "",
                 "| configuration | req/s | wall us per request | CPU us per request | router lookup, ns |",
                 "|---|---|---|---|---|", routing]
-    out += ["", "Scenario not measured yet: key-auth + rate-limit (policies are a later issue)."]
+    out += ["", "Scenario with policies (key-auth + rate-limit): see the next section."]
     out += [f"Note: {n}" for n in notes]
     return "\n".join(out) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
+def write_section(path: Path, section: str, title: str = "Gateway") -> None:
     text = path.read_text() if path.exists() else "# Benchmarks\n\nEach section: the command that produced it.\n"
-    m = re.search(r"^## Gateway\n.*?(?=^## |\Z)", text, re.M | re.S)
+    m = re.search(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", text, re.M | re.S)
     text = text[:m.start()] + section + "\n" + text[m.end():] if m else text.rstrip("\n") + "\n\n" + section
     path.write_text(text)
-    print(f"wrote the ## Gateway section of {path}")
+    print(f"wrote the ## {title} section of {path}")
 
 
 if __name__ == "__main__":

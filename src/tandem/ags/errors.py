@@ -7,14 +7,30 @@ clients and dashboards match on them, so they never change meaning.
 
     status  code                   when
     400     bad_request            httptools rejected the request, CL+TE, two Content-Lengths, bad path
+    401     missing_credentials    an auth policy (api-key, basic-auth, jwt) found no credentials
+    401     invalid_credentials    unknown/revoked key, wrong password, bad token signature or consumer
+    401     token_expired          jwt: `exp` passed (beyond the policy's leeway)
+    401     token_not_yet_valid    jwt: `nbf` in the future
+    401     invalid_claims         jwt: issuer, audience or a required claim does not match
+    403     ip_forbidden           ip-filter: the client address is denied or not allowed
+    403     cors_forbidden         cors: a preflight from an origin, method or header not allowed
     404     no_route               no deployed project matches host, method and path
     413     payload_too_large      the body is larger than the gateway's limit
     414     uri_too_long           the request target is longer than the limit
+    429     rate_limited           rate-limit: over the limit in this window (Retry-After, RateLimit-*)
+    429     quota_exceeded         quota: the period's quota is used up (Retry-After, RateLimit-*)
     431     headers_too_large      header bytes or header count over the limit
+    500     policy_error           a policy step failed unexpectedly (logged): the request is not let through
     501     upgrade_not_supported  `Connection: upgrade` (WebSocket, h2c) or CONNECT
     501     policy_not_supported   the project has a policy this gateway cannot enforce (fail closed)
     502     upstream_unavailable   no healthy target, connect refused/reset, upstream closed early
+    503     rate_limit_unavailable rate-limit with fail = "closed" while Redis is unreachable
+    503     quota_unavailable      quota: the count could not be made durable (store or replication)
+    503     auth_unavailable       jwt: the JWKS cannot be fetched and no key set is cached
     504     upstream_timeout       connect or read timeout
+
+A dependency of a policy that is down (Redis, the JWKS endpoint, the store)
+is a 503, never a 401/403: the client's credentials were not the problem.
 """
 
 from __future__ import annotations
@@ -23,7 +39,8 @@ import json
 import time
 from email.utils import formatdate
 
-REASONS = {400: b"Bad Request", 404: b"Not Found", 413: b"Payload Too Large", 414: b"URI Too Long",
+REASONS = {400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found",
+           429: b"Too Many Requests", 413: b"Payload Too Large", 414: b"URI Too Long",
            431: b"Request Header Fields Too Large", 500: b"Internal Server Error", 501: b"Not Implemented",
            502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout"}
 
