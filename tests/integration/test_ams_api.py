@@ -104,8 +104,9 @@ def test_project_crud_round_trip(ams: InProcessAms) -> None:
     r = post(ams, "/api/v1/projects", PROJECT)
     assert r.status_code == 201, r.text
     created = r.json()
-    assert created["policies"][1] == {"type": "rate-limit", "limit": 10, "window": 60, "by": "consumer",
-                                      "scope": "node"}
+    assert created["policies"][1] == {"type": "rate-limit", "limit": 10, "window": 60, "unit": "second",
+                                      "by": "consumer", "scope": "node", "fail": "local", "redis_url": None,
+                                      "redis_timeout": 0.1, "headers": True}
     assert c.get("/api/v1/projects/petstore", headers=h).json() == created
     assert [p["name"] for p in c.get("/api/v1/projects", headers=h).json()] == ["petstore"]
     assert post(ams, "/api/v1/projects", PROJECT).status_code == 409

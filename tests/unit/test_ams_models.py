@@ -52,6 +52,13 @@ def test_every_policy_type_has_a_strict_model() -> None:
     ({"type": "cache", "ttl": 0}, "ttl"),
     ({"type": "retry", "on_status": [404]}, "on_status"),
     ({"type": "jwt", "algorithms": ["none"]}, "algorithms"),
+    ({"type": "jwt", "jwks_url": "file:///etc/keys"}, "jwks_url"),
+    ({"type": "rate-limit", "limit": 5, "window": 1441, "unit": "minute"}, None),
+    ({"type": "rate-limit", "limit": 5, "scope": "cluster"}, None),
+    ({"type": "rate-limit", "limit": 5, "redis_url": "redis://h:0"}, "redis_url"),
+    ({"type": "retry", "methods": ["POST"]}, "methods"),
+    ({"type": "request-headers", "rename": {"X-A": "a b"}}, "rename"),
+    ({"type": "ip-filter", "allow": ["10.0.0.0/8"], "trusted_proxies": ["10.0.0.0/33"]}, "trusted_proxies"),
 ])
 def test_bad_policy_parameters(policy: dict[str, Any], loc_end: str | None) -> None:
     with pytest.raises(ValidationError) as err:
@@ -121,9 +128,35 @@ def test_feed_digest_is_the_documented_canonical_json() -> None:
 
 def test_passwords_are_salted_hashes() -> None:
     h1, h2 = hash_password("hunter22"), hash_password("hunter22")
-    assert h1 != h2 and "hunter22" not in h1
+    assert h1 != h2 and "hunter22" not in h1 and h1.startswith("scrypt$")
     assert check_password("hunter22", h1) and not check_password("hunter23", h1)
     assert not check_password("x", "garbage")
+    old = "sha256$00$" + hashlib.sha256(b"\x00hunter22").hexdigest()  # written by earlier versions
+    assert check_password("hunter22", old) and not check_password("hunter23", old)
+
+
+def test_limits_cross_checks() -> None:
+    ok = parse_policy({"type": "rate-limit", "limit": 5, "window": 24, "unit": "hour", "scope": "cluster",
+                       "redis_url": "redis://127.0.0.1:6379/0"})
+    assert ok.model_dump()["fail"] == "local"
+    base = {"name": "a", "context_path": "/a", "targets": [{"url": "http://h"}]}
+    for auth in ("api-key", "basic-auth", "jwt"):
+        Project.model_validate({**base, "policies": [{"type": "quota", "limit": 1}, {"type": auth}]})
+    Project.model_validate({**base, "policies": [{"type": "quota", "limit": 1, "by": "ip"}]})
+    with pytest.raises(ValidationError):
+        Project.model_validate({**base, "policies": [{"type": "quota", "limit": 1}]})
+
+
+def test_jwt_credentials() -> None:
+    from tandem.ams.models import JwtCredential
+
+    assert JwtCredential.model_validate({"key": "k", "algorithm": "RS256"}).secret is None  # JWKS-identified
+    assert JwtCredential.model_validate({"key": "k"}).algorithm == "HS256"
+    for bad in ({"key": "k", "algorithm": "RS256", "secret": "0123456789abcdef"},
+                {"key": "k", "algorithm": "HS256", "public_key": "pk"},
+                {"key": "k", "algorithm": "HS256", "secret": "0123456789abcdef", "public_key": "pk"}):
+        with pytest.raises(ValidationError):
+            JwtCredential.model_validate(bad)
 
 
 def test_openapi_mapping() -> None:

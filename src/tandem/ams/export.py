@@ -49,7 +49,8 @@ class KeyRecord(Strict):
 
 class BasicAuthRecord(Strict):
     username: str = Field(min_length=1, max_length=128, pattern=r"^[^:\s]+$")
-    password_hash: str = Field(pattern=r"^sha256\$([0-9a-f]{2})+\$[0-9a-f]{64}$")
+    password_hash: str = Field(pattern=r"^(sha256\$([0-9a-f]{2})+\$[0-9a-f]{64}"
+                                       r"|scrypt\$[0-9]{1,2}\$[0-9]{1,2}\$[0-9]{1,2}\$([0-9a-f]{2})+\$([0-9a-f]{2})+)$")
 
 
 class CredentialsRecord(Strict):

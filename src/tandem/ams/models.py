@@ -15,7 +15,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tandem.ams.policies import HTTP_METHOD, Policy
+from tandem.ams.policies import AUTH_TYPES, HTTP_METHOD, Policy
+from tandem.ams.policies import FieldError as FieldError  # re-exported: errors.py and callers import it here
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="letters, digits, '.', '_', '-'; at most 64")]
@@ -118,16 +119,12 @@ class Project(Strict):
             seen.add(p.type)
         if not any(t.weight > 0 for t in self.targets):
             raise FieldError(("targets",), "at least one target needs a weight > 0")
+        if not seen & AUTH_TYPES:
+            for i, p in enumerate(self.policies):
+                if p.type in ("rate-limit", "quota") and getattr(p, "by", None) == "consumer":
+                    raise FieldError(("policies", i, "by"), f"a {p.type} by consumer needs an auth policy "
+                                     "(api-key, basic-auth or jwt) in the same project to identify the consumer")
         return self
-
-
-class FieldError(ValueError):
-    """A model-level check that blames one field: the app's error formatter appends
-    `path` to the location pydantic reports, so the response names the field."""
-
-    def __init__(self, path: tuple[str | int, ...], reason: str) -> None:
-        super().__init__(reason)
-        self.path = path
 
 
 def routes_conflict(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -147,7 +144,12 @@ class BasicAuthCredentialIn(Strict):
 
 
 class JwtCredential(Strict):
-    """A JWT issuer of this consumer: `key` matches the policy's `key_claim` (default `iss`)."""
+    """A JWT issuer of this consumer: `key` matches the policy's `key_claim` (default `iss`).
+
+    HS algorithms take a `secret`, RS/ES ones a `public_key`; the wrong kind is
+    refused. A credential with neither is a JWKS-identified one: it only names
+    the consumer, and the token is verified with the keys of the jwt policy's
+    `jwks_url` (on a project whose jwt policy has no `jwks_url` it matches no token)."""
 
     key: str = Field(min_length=1, max_length=256)
     algorithm: Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384"] = "HS256"
@@ -156,11 +158,15 @@ class JwtCredential(Strict):
 
     @model_validator(mode="after")
     def _key_material(self) -> JwtCredential:
+        if self.secret is None and self.public_key is None:
+            return self  # JWKS-identified: the keys come from the policy's jwks_url
         if self.algorithm.startswith("HS"):
-            if self.secret is None or self.public_key is not None:
-                raise ValueError(f"{self.algorithm} needs 'secret' (and no 'public_key')")
-        elif self.public_key is None or self.secret is not None:
-            raise ValueError(f"{self.algorithm} needs 'public_key' (and no 'secret')")
+            if self.public_key is not None:
+                raise FieldError(("public_key",), f"{self.algorithm} is verified with a 'secret', not a "
+                                                  "'public_key' (or give neither for a JWKS-identified credential)")
+        elif self.secret is not None:
+            raise FieldError(("secret",), f"{self.algorithm} is verified with a 'public_key', not a 'secret' "
+                                          "(or give neither for a JWKS-identified credential)")
         return self
 
 

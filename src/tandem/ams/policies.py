@@ -6,6 +6,11 @@ same models to read a configuration document, so both sides agree on every
 parameter: `Policy` is the discriminated union, `parse_policy(dict)` validates
 one, `POLICY_TYPES` lists the known types. Every model forbids unknown keys.
 Durations are in seconds unless the name says otherwise.
+
+Checks that need more than one field of a policy raise `FieldError` naming
+the field to blame, so a 422 says `policies[0].redis_url`, not `policies[0]`.
+Checks across policies of a project (a `by = "consumer"` limit needs an auth
+policy) live in `tandem.ams.models.Project`.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
@@ -22,6 +28,45 @@ _HEADER_RE = re.compile(HEADER_NAME)
 
 HeaderName = Annotated[str, Field(pattern=HEADER_NAME)]
 HeaderValue = Annotated[str, Field(max_length=4096, pattern=r"^[^\r\n\x00]*$")]
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
+AUTH_TYPES = frozenset({"api-key", "basic-auth", "jwt"})
+UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600}
+
+
+class FieldError(ValueError):
+    """A model-level check that blames one field: the app's error formatter appends
+    `path` to the location pydantic reports, so the response names the field."""
+
+    def __init__(self, path: tuple[str | int, ...], reason: str) -> None:
+        super().__init__(reason)
+        self.path = path
+
+
+def _check_url(v: str, schemes: tuple[str, ...]) -> str:
+    """An absolute URL of one of `schemes` with a host (and a valid port, no whitespace)."""
+    try:
+        parts = urlsplit(v)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL: {exc}") from exc
+    if parts.scheme not in schemes:
+        raise ValueError(f"must be a {' or '.join(s + '://' for s in schemes)} URL")
+    if not parts.hostname:
+        raise ValueError("must name a host")
+    if port == 0:
+        raise ValueError("port must be 1-65535")
+    if any(c.isspace() for c in v):
+        raise ValueError("must not contain whitespace")
+    return v
+
+
+def _check_cidrs(v: list[str]) -> list[str]:
+    for item in v:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"{item!r} is not an IP address or CIDR network") from exc
+    return v
 
 
 class _Policy(BaseModel):
@@ -38,7 +83,12 @@ class ApiKeyPolicy(_Policy):
 
 
 class JwtPolicy(_Policy):
-    """Require a JWT (Bearer); the consumer is the one whose jwt credential `key` equals `key_claim`."""
+    """Require a JWT (Bearer); the consumer is the one whose jwt credential `key` equals `key_claim`.
+
+    Without `jwks_url` a token is verified with its consumer credential's `secret`
+    or `public_key`. With `jwks_url` the signing keys come from that JWKS document
+    (by the token's `kid`, refetched after `jwks_cache_seconds`), and a consumer
+    credential may carry no key material at all: it only names the consumer."""
 
     type: Literal["jwt"]
     header: HeaderName = "Authorization"
@@ -49,6 +99,14 @@ class JwtPolicy(_Policy):
     audience: str | None = None
     required_claims: list[str] = Field(default_factory=lambda: ["exp"])
     leeway: float = Field(default=0, ge=0, le=3600)
+    jwks_url: str | None = Field(default=None, max_length=2048)
+    jwks_cache_seconds: int = Field(default=300, ge=1, le=86_400)
+    hide_credentials: bool = False
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _jwks_url(cls, v: str | None) -> str | None:
+        return None if v is None else _check_url(v, ("http", "https"))
 
 
 class BasicAuthPolicy(_Policy):
@@ -60,16 +118,38 @@ class BasicAuthPolicy(_Policy):
 
 
 class RateLimitPolicy(_Policy):
-    """At most `limit` requests per `window` seconds per consumer or client IP.
+    """At most `limit` requests per `window` `unit`s (at most a day) per consumer or client IP.
 
     `scope = "node"` counts on each gateway; `"cluster"` shares counters across
-    the gateways of the environment (replicated store or Redis)."""
+    the gateways of the environment in Redis at `redis_url` (required then).
+    `fail` says what a cluster limit does when Redis does not answer within
+    `redis_timeout`: `open` lets the request through, `closed` refuses it,
+    `local` counts on this node meanwhile. `headers`: send `RateLimit-*`."""
 
     type: Literal["rate-limit"]
     limit: int = Field(ge=1, le=1_000_000_000)
     window: int = Field(default=1, ge=1, le=86_400)
+    unit: Literal["second", "minute", "hour"] = "second"
     by: Literal["consumer", "ip"] = "ip"
     scope: Literal["node", "cluster"] = "node"
+    fail: Literal["open", "closed", "local"] = "local"
+    redis_url: str | None = Field(default=None, max_length=2048)
+    redis_timeout: float = Field(default=0.1, ge=0.001, le=5)
+    headers: bool = True
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: str | None) -> str | None:
+        return None if v is None else _check_url(v, ("redis", "rediss"))
+
+    @model_validator(mode="after")
+    def _window_and_redis(self) -> RateLimitPolicy:
+        if self.window * UNIT_SECONDS[self.unit] > 86_400:
+            raise FieldError(("window",), f"{self.window} {self.unit}(s) is longer than a day (86400 s); "
+                                          "use a quota for longer periods")
+        if self.scope == "cluster" and self.redis_url is None:
+            raise FieldError(("redis_url",), "required when scope is 'cluster' (the counters are shared in Redis)")
+        return self
 
 
 class QuotaPolicy(_Policy):
@@ -82,21 +162,20 @@ class QuotaPolicy(_Policy):
 
 
 class IpFilterPolicy(_Policy):
-    """Allow or deny client addresses by CIDR; deny wins; a non-empty allow list denies the rest."""
+    """Allow or deny client addresses by CIDR; deny wins; a non-empty allow list denies the rest.
+
+    The client address is the peer's, or, when the peer is in `trusted_proxies`,
+    the one `X-Forwarded-For` names."""
 
     type: Literal["ip-filter"]
     allow: list[str] = Field(default_factory=list, max_length=1000)
     deny: list[str] = Field(default_factory=list, max_length=1000)
+    trusted_proxies: list[str] = Field(default_factory=list, max_length=1000)
 
-    @field_validator("allow", "deny")
+    @field_validator("allow", "deny", "trusted_proxies")
     @classmethod
     def _cidrs(cls, v: list[str]) -> list[str]:
-        for item in v:
-            try:
-                ipaddress.ip_network(item, strict=False)
-            except ValueError as exc:
-                raise ValueError(f"{item!r} is not an IP address or CIDR network") from exc
-        return v
+        return _check_cidrs(v)
 
     @model_validator(mode="after")
     def _not_empty(self) -> IpFilterPolicy:
@@ -123,11 +202,13 @@ class CorsPolicy(_Policy):
 
 
 class _HeadersPolicy(_Policy):
-    """Edit headers: `remove` first, then `set` (replace), then `add` (append)."""
+    """Edit headers: `remove` first, then `set` (replace), then `add` (append), then
+    `rename` ({old: new}: the values of `old` go on under the name `new`)."""
 
     set: dict[str, HeaderValue] = Field(default_factory=dict)
     add: dict[str, HeaderValue] = Field(default_factory=dict)
     remove: list[HeaderName] = Field(default_factory=list)
+    rename: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("set", "add")
     @classmethod
@@ -137,10 +218,19 @@ class _HeadersPolicy(_Policy):
                 raise ValueError(f"{name!r} is not a valid header name")
         return v
 
+    @field_validator("rename")
+    @classmethod
+    def _rename(cls, v: dict[str, str]) -> dict[str, str]:
+        for old, new in v.items():
+            for name in (old, new):
+                if not _HEADER_RE.match(name):
+                    raise ValueError(f"{name!r} is not a valid header name")
+        return v
+
     @model_validator(mode="after")
     def _something(self) -> _HeadersPolicy:
-        if not (self.set or self.add or self.remove):
-            raise ValueError("at least one of set, add or remove must be given")
+        if not (self.set or self.add or self.remove or self.rename):
+            raise ValueError("at least one of set, add, remove or rename must be given")
         return self
 
 
@@ -174,7 +264,7 @@ class TimeoutPolicy(_Policy):
 
 
 class RetryPolicy(_Policy):
-    """Retry a failed upstream attempt on another target (idempotent methods only by default)."""
+    """Retry a failed upstream attempt on another target; idempotent methods only."""
 
     type: Literal["retry"]
     attempts: int = Field(default=2, ge=1, le=10)
@@ -182,6 +272,15 @@ class RetryPolicy(_Policy):
     on_status: list[Annotated[int, Field(ge=500, le=599)]] = Field(default_factory=lambda: [502, 503, 504])
     methods: list[HTTP_METHOD] = Field(
         default_factory=lambda: ["GET", "HEAD", "PUT", "DELETE", "OPTIONS"])  # type: ignore[arg-type]
+
+    @field_validator("methods")
+    @classmethod
+    def _idempotent(cls, v: list[str]) -> list[str]:
+        unsafe = [m for m in v if m not in IDEMPOTENT_METHODS]
+        if unsafe:
+            raise ValueError(f"{', '.join(unsafe)} {'is' if len(unsafe) == 1 else 'are'} not idempotent: a retry "
+                             "could apply the request twice (allowed: GET, HEAD, PUT, DELETE, OPTIONS, TRACE)")
+        return v
 
 
 class DeliveryPolicy(_Policy):

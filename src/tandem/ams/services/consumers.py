@@ -2,15 +2,16 @@
 
 An API key is `tk_` + 32 random bytes (url-safe base64) from `secrets`; it is
 returned once, and only its sha256 hex is stored. Basic-auth passwords are
-stored as `sha256$<salt hex>$<sha256 hex of salt bytes + password>`. Every
-consumer change bumps every environment's revision in the same commit, so
-gateways learn a new or revoked key at their next poll.
+stored as scrypt hashes (`tandem.passwords`: `scrypt$<log2 n>$<r>$<p>$<salt>$<hash>`,
+about 50 ms each, computed before the AMS lock is taken); older
+`sha256$<salt>$<hex>` hashes still verify. Every consumer change bumps every
+environment's revision in the same commit, so gateways learn a new or
+revoked key at their next poll.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
 from typing import Any
 
@@ -18,6 +19,8 @@ from tandem.ams.errors import ApiError
 from tandem.ams.models import ConsumerIn, ConsumerUpdate, CredentialsIn
 from tandem.ams.services.environments import bump_all
 from tandem.ams.state import NS_CONSUMERS, AmsState, now_iso
+from tandem.passwords import hash_password as hash_password  # re-exported: the AMS hashes here
+from tandem.passwords import verify_password
 from tandem.store import Op, Store
 
 KEY_PREFIX = "tk_"
@@ -27,19 +30,9 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-def hash_password(password: str, salt: bytes | None = None) -> str:
-    salt = salt if salt is not None else secrets.token_bytes(16)
-    return f"sha256${salt.hex()}${hashlib.sha256(salt + password.encode('utf-8')).hexdigest()}"
-
-
 def check_password(password: str, stored: str) -> bool:
-    """For gateways: does `password` match a stored `sha256$salt$hex` hash?"""
-    try:
-        scheme, salt_hex, _ = stored.split("$")
-        salt = bytes.fromhex(salt_hex)
-    except ValueError:
-        return False
-    return scheme == "sha256" and hmac.compare_digest(hash_password(password, salt), stored)
+    """Does `password` match a stored hash (scrypt, or an older sha256 one)? Slow: not on an event loop."""
+    return verify_password(password, stored)
 
 
 def stored_credentials(creds: CredentialsIn) -> dict[str, Any]:
@@ -97,10 +90,11 @@ class ConsumerService:
 
     def replace(self, name: str, update: ConsumerUpdate) -> dict[str, Any]:
         """Replace description and credentials; API keys are kept."""
+        credentials = stored_credentials(update.credentials)  # the slow hashes, outside the lock
         with self.state.lock:
             store = self.state.store()
             record = self._record(store, name)
-            record.update(description=update.description, credentials=stored_credentials(update.credentials))
+            record.update(description=update.description, credentials=credentials)
             self._check_credentials_unique(store, name, record)
             self._commit(store, Op(NS_CONSUMERS, name, record))
         return public_view(record)
