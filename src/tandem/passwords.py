@@ -41,8 +41,8 @@ def verify_password(password: str, stored: str) -> bool:
         if scheme == "sha256":
             salt_hex, hash_hex = fields
             salt = bytes.fromhex(salt_hex)
-            digest = hashlib.sha256(salt + password.encode("utf-8")).hexdigest()
-            return hmac.compare_digest(digest, hash_hex.lower())
+            hexdigest = hashlib.sha256(salt + password.encode("utf-8")).hexdigest()
+            return hmac.compare_digest(hexdigest, hash_hex.lower())
     except (ValueError, TypeError, MemoryError, OverflowError):
         return False
     return False

@@ -41,7 +41,8 @@ class _Error:
     __slots__ = ("status", "code", "message", "headers", "body")
 
     def __init__(self, status: int, code: str, message: str | None) -> None:
-        self.status, self.code, self.message, self.headers, self.body = status, code, message, [], b""
+        self.status, self.code, self.message, self.body = status, code, message, b""
+        self.headers: list[bytes] = []
 
 
 STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}

@@ -135,7 +135,7 @@ class RequestEdit:
 
 def edit(ex: Exchange) -> RequestEdit:
     """This request's pending header edits (created on first use)."""
-    e = ex.edit
+    e: RequestEdit | None = ex.edit
     if e is None:
         e = ex.edit = RequestEdit()
     return e

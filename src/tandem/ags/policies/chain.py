@@ -164,7 +164,7 @@ class Chain:
             if type(r) is Answer:
                 ex.answer(r, later)
                 return
-            ex.cp.loop.create_task(self._wait(ex, i, r))  # type: ignore[arg-type]
+            ex.cp.loop.create_task(self._wait(ex, i, r))
             return
         ex.admit(later)
 
@@ -240,7 +240,7 @@ def compile_chain(project: dict[str, Any], consumers: Consumers, services: Servi
         kinds.append(str(kind))
         if kind == "timeout":
             continue
-        fn = BUILDERS.get(kind)  # type: ignore[arg-type]
+        fn = BUILDERS.get(str(kind))
         if fn is None:
             return None, f"this API has a {kind!r} policy, which this gateway cannot enforce"
         try:
