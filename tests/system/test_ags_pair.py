@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 import httpx
-from conftest import Home, Watcher, wait_for
 
 from tandem.ags.testkit import echo_backend
+from tandem.testing import Home, Watcher, wait_for
 
 TOKEN = "test-admin-token-ags-pair"
 
