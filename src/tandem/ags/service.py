@@ -10,6 +10,12 @@ On `start()` (the HA controller activated us, the store is open):
 3. start the config feed (`feed.py`); it runs only while we serve, because it
    writes the store.
 
+Before the port opens, a new quota book (`quota_book.py`) is made over the
+store: it counts `quota` policies for the in-process gateway (directly) and
+for the workers (frames `Q`/`q`). It is new on every start, so a former
+passive counts from its replicated store; it closes after the drain, so
+requests in flight still get their answer.
+
 Each new configuration is stored durably first (so replication carries it to
 the passive AGS), then swapped in (in-process: one reference; workers: pushed
 to each, acknowledged), then reported as applied on the next poll.
@@ -29,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from tandem.ags.config import ConfigRejected, validate_document
 from tandem.ags.feed import FeedPoller
 from tandem.ags.metrics import merge, render
+from tandem.ags.quota_book import QuotaBook
 from tandem.ags.runtime import Gateway
 from tandem.ags.settings import GatewaySettings, settings_from_profile
 from tandem.ags.workers import WorkerSet
@@ -53,6 +60,7 @@ class GatewayService(ClientService):
         self.workers: WorkerSet | None = None
         self.feed: FeedPoller | None = None
         self.feed_task: asyncio.Task[None] | None = None
+        self.quota: QuotaBook | None = None
         self.revision = 0
         self.projects = 0
         self.retired: list[dict[str, Any]] = []
@@ -70,20 +78,29 @@ class GatewayService(ClientService):
         self._lock = asyncio.Lock()
         doc = self.stored_document()
         s = self.settings
-        if s.in_process:
-            gw = Gateway(s)
-            if doc is not None:
-                gw.apply(doc)
-            try:
-                sock = listen_socket(s.host, s.port)
-            except OSError as exc:
-                raise ServerError(f"cannot open the gateway port {s.host}:{s.port}: {exc.strerror or exc}") from exc
-            await gw.listen(sock)
-            self.gateway = gw
-        else:
-            ws = WorkerSet(s)
-            await ws.start(json.dumps(doc).encode() if doc is not None else b"")
-            self.workers = ws
+        self.quota = book = QuotaBook(self.store, self.durable)
+        book.start()
+        try:
+            if s.in_process:
+                gw = Gateway(s)
+                gw.services.quota = book
+                if doc is not None:
+                    gw.apply(doc)
+                try:
+                    sock = listen_socket(s.host, s.port)
+                except OSError as exc:
+                    raise ServerError(f"cannot open the gateway port {s.host}:{s.port}: "
+                                      f"{exc.strerror or exc}") from exc
+                await gw.listen(sock)
+                self.gateway = gw
+            else:
+                ws = WorkerSet(s, quota=book)
+                await ws.start(json.dumps(doc).encode() if doc is not None else b"")
+                self.workers = ws
+        except BaseException:
+            self.quota = None
+            await book.close()
+            raise
         self.revision = doc["revision"] if doc is not None else 0
         self.projects = len(doc["projects"]) if doc is not None else 0
         self.serving = True
@@ -109,10 +126,19 @@ class GatewayService(ClientService):
         if ws is not None:
             await ws.stop(drain_timeout)
             self.retired = [merge([*self.retired, *ws.snapshots()])]
+        book, self.quota = self.quota, None
+        if book is not None:
+            await book.close()
 
     # ---- configuration ----
     def store(self) -> Store:
         return self.server.store if self.server.store is not None else self.server.open_store()
+
+    async def durable(self) -> None:
+        """Wait until the store's commits so far are on the replicated passive (or raise)."""
+        wait = getattr(self.server, "durable", None)  # (test stand-ins have no replication)
+        if wait is not None:
+            await wait()
 
     def stored_document(self) -> dict[str, Any] | None:
         raw = self.store().get(NS, KEY)

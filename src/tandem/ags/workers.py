@@ -7,16 +7,25 @@ then one type byte, then the payload:
 
     parent -> worker   C <document JSON>     serve this configuration (b"" for none)
                        S <drain seconds>     stop accepting, drain, exit
+                       q <id status remaining end>   answer to a Q (ASCII, space-separated)
     worker -> parent   R                     listening (after the first C)
                        E <reason>            could not listen: start fails
                        A <revision>          configuration applied
                        M <metrics JSON>      counters snapshot (about once a second)
+                       Q <JSON [id, project, identity, subject, period, limit]>
+                                             count one request against a quota (the
+                                             parent's book answers q once it is durable)
 
 A worker listens only after it has its first configuration, so a restarted
 gateway never answers from an empty table when it has a stored one. A
 worker dies with its parent (PR_SET_PDEATHSIG, and EOF on the control
 socket): a server killed by its watchdog never leaves a worker serving.
 A worker that dies while the parent serves is restarted.
+
+Quotas are counted by the parent (`tandem.ags.quota_book`), which owns the
+store: a worker's `quota` steps send `Q` through `RemoteQuota` and resume on
+the matching `q`; an answer that does not come within the book's timeout is
+503 `quota_unavailable`.
 """
 
 from __future__ import annotations
@@ -31,10 +40,14 @@ import signal
 import socket
 import struct
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from tandem.ags.quota_book import UNAVAILABLE, RemoteQuota, decode_take, encode_answer
 from tandem.ags.settings import GatewaySettings
 from tandem.errors import ServerError
+
+if TYPE_CHECKING:
+    from tandem.ags.quota_book import QuotaBook, Result
 
 log = logging.getLogger("tandem.ags.workers")
 
@@ -76,8 +89,9 @@ class Worker:
 class WorkerSet:
     """The parent's view of its workers."""
 
-    def __init__(self, settings: GatewaySettings) -> None:
+    def __init__(self, settings: GatewaySettings, quota: QuotaBook | None = None) -> None:
         self.settings = settings
+        self.quota = quota  # answers the workers' Q frames
         self.workers: list[Worker] = []
         self.retired: list[dict[str, Any]] = []  # counters of workers that exited
         self.document = b""
@@ -124,7 +138,9 @@ class WorkerSet:
         try:
             while True:
                 kind, payload = await read_frame(reader)
-                if kind == b"R" and not w.ready.done():
+                if kind == b"Q":  # the hot one: a quota step waits for the book
+                    self._quota(w, payload)
+                elif kind == b"R" and not w.ready.done():
                     w.ready.set_result(None)
                 elif kind == b"E" and not w.ready.done():
                     w.ready.set_exception(ServerError(payload.decode(errors="replace")))
@@ -148,6 +164,21 @@ class WorkerSet:
             await asyncio.sleep(0.5)
             if not self.stopping and w in self.workers:
                 self.workers[self.workers.index(w)] = await self._spawn(w.index)
+
+    def _quota(self, w: Worker, payload: bytes) -> None:
+        try:
+            i, project, identity, subject, period, limit = decode_take(payload)
+        except (ValueError, TypeError) as exc:
+            log.error("gateway worker %d sent a malformed quota request: %s", w.index, exc)
+            return
+        if self.quota is None:
+            w.send(b"q", encode_answer(i, (UNAVAILABLE, 0, 0.0)))
+            return
+
+        def reply(fut: asyncio.Future[Result]) -> None:
+            w.send(b"q", encode_answer(i, fut.result()))
+
+        self.quota.take(project, identity, subject, period, limit).add_done_callback(reply)
 
     async def push(self, document: bytes, revision: int) -> None:
         """Send a configuration to every worker; returns when each has applied it."""
@@ -208,6 +239,8 @@ async def _worker(fd: int, settings: GatewaySettings, index: int) -> None:
 
     reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=fd))
     gw = Gateway(settings)
+    quota = gw.services.quota = RemoteQuota(lambda payload: writer.write(frame(b"Q", payload)),
+                                            asyncio.get_running_loop())
     listening = False
     last_metrics: dict[str, Any] = {}
 
@@ -215,6 +248,7 @@ async def _worker(fd: int, settings: GatewaySettings, index: int) -> None:
         nonlocal last_metrics
         while True:
             await asyncio.sleep(METRICS_INTERVAL)
+            quota.expire(asyncio.get_running_loop().time())
             snap = gw.metrics.snapshot()
             if snap != last_metrics:
                 last_metrics = snap
@@ -228,7 +262,9 @@ async def _worker(fd: int, settings: GatewaySettings, index: int) -> None:
             except (asyncio.IncompleteReadError, ConnectionError):
                 gw.stop_accepting()  # the parent is gone: serve nothing more
                 os._exit(0)
-            if kind == b"C":
+            if kind == b"q":
+                quota.answered(payload)
+            elif kind == b"C":
                 if payload:
                     compiled = gw.apply(json.loads(payload))
                     writer.write(frame(b"A", str(compiled.revision).encode()))
@@ -244,12 +280,30 @@ async def _worker(fd: int, settings: GatewaySettings, index: int) -> None:
                     listening = True
                     writer.write(frame(b"R"))
             elif kind == b"S":
-                await gw.drain(float(payload or b"5"))
+                await _drain(gw, float(payload or b"5"), reader, quota)
                 writer.write(frame(b"M", json.dumps(gw.metrics.snapshot()).encode()))
                 await writer.drain()
                 return
     finally:
         reporter.cancel()
+
+
+async def _drain(gw: Any, timeout: float, reader: asyncio.StreamReader, quota: RemoteQuota) -> None:
+    """Drain, still reading the parent's frames: requests in flight may wait for a quota answer."""
+    drain = asyncio.ensure_future(gw.drain(timeout))
+    while not drain.done():
+        nxt = asyncio.ensure_future(read_frame(reader))
+        await asyncio.wait({drain, nxt}, return_when=asyncio.FIRST_COMPLETED)
+        if not nxt.done():
+            nxt.cancel()  # drained: we exit, a frame cut here does not matter
+            break
+        try:
+            kind, payload = nxt.result()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            break  # the parent is gone; the drain finishes on its own
+        if kind == b"q":
+            quota.answered(payload)
+    await drain
 
 
 def main(argv: list[str]) -> int:
