@@ -61,7 +61,14 @@ def exchange(value: str | None, header: bytes = b"Authorization") -> Any:
     headers = [(b"Host", b"api.test")]
     if value is not None:
         headers.append((header, value.encode()))
-    return SimpleNamespace(req_headers=headers, edit=None, consumer=None, resp_extra=None)
+    hparts = [x for name, v in headers if name.lower() != b"host" for x in (name, b": ", v, b"\r\n")]
+    return SimpleNamespace(req_headers=headers, edit=None, consumer=None, resp_extra=None,
+                           hparts=hparts + [b"X-Forwarded-For: ...\r\n\r\n"], nhead=len(hparts))
+
+
+def upstream(ex: Any) -> list[bytes]:
+    """The header names the backend would receive."""
+    return [ex.hparts[i].lower() for i in range(0, ex.nhead, 4)]
 
 
 def run(s: JwtStep, token: str | None, bearer: bool = True, header: bytes = b"Authorization") -> tuple[Any, Any]:
@@ -73,7 +80,7 @@ def refused(s: JwtStep, token: str | None, code: str, status: int = 401, **kw: A
     r, ex = run(s, token, **kw)
     assert isinstance(r, Answer), r
     assert (r.status, r.code) == (status, code), r.message
-    assert ex.consumer is None and ex.edit is None
+    assert ex.consumer is None and ex.edit is None and b"x-consumer-name" not in upstream(ex)
     return r
 
 
@@ -81,7 +88,8 @@ def admitted(s: JwtStep, token: str, consumer: str, **kw: Any) -> Any:
     r, ex = run(s, token, **kw)
     assert r is None, getattr(r, "message", r)
     assert ex.consumer == consumer
-    assert ("set", b"X-Consumer-Name", consumer.encode()) in ex.edit.ops
+    i = upstream(ex).index(b"x-consumer-name") * 4
+    assert ex.hparts[i:i + 4] == [b"X-Consumer-Name", b": ", consumer.encode(), b"\r\n"]
     return ex
 
 
@@ -102,9 +110,9 @@ def test_hs_rs_es_tokens_identify_their_consumers() -> None:
     admitted(s, pyjwt.encode(claims("globex-rs"), RSA_KEY, algorithm="RS256"), "globex")
     admitted(s, pyjwt.encode(claims("initech-es"), EC_KEY, algorithm="ES256"), "initech")
     ex = admitted(s, hs(claims()), "acme")
-    assert not any(op[0] == "remove" for op in ex.edit.ops)  # the token goes upstream unless hidden
+    assert b"authorization" in upstream(ex)  # the token goes upstream unless hidden
     ex = admitted(step(hide_credentials=True), hs(claims()), "acme")
-    assert ("remove", b"authorization", b"") in ex.edit.ops
+    assert b"authorization" not in upstream(ex)  # hidden
 
 
 def test_missing_and_malformed_tokens() -> None:
@@ -130,7 +138,7 @@ def test_another_header_takes_the_raw_token_or_the_bearer_form() -> None:
     admitted(s, hs(claims()), "acme", bearer=True, header=b"X-TOKEN")
     refused(s, hs(claims()), "missing_credentials", header=b"Authorization")
     ex = admitted(step(header="X-Token", hide_credentials=True), hs(claims()), "acme", bearer=False, header=b"X-Token")
-    assert ("remove", b"x-token", b"") in ex.edit.ops
+    assert b"x-token" not in upstream(ex)  # hidden
 
 
 def test_bad_signatures_unknown_keys_and_wrong_algorithms() -> None:

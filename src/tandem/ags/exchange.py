@@ -73,6 +73,7 @@ class Exchange:
     upstream_addr = NULL
     # policies (tandem.ags.policies): set only for projects with a chain
     req_headers: list[tuple[bytes, bytes]] | tuple[()] = ()  # the request's headers as received
+    nhead = 0  # how many items of `hparts` are forwarded header runs (name, ": ", value, "\r\n")
     admitted = False  # the chain passed this request
     hook: Any = None  # the project's Chain when it has response-side work
     resp_extra: list[bytes] | None = None  # header lines added to whatever answer goes out
@@ -159,16 +160,11 @@ class Exchange:
 
     def apply_edit(self) -> None:
         """Rebuild the forwarded header lines with the chain's edits (`policies.base.RequestEdit`)."""
-        from tandem.ags.protocol import SKIP_REQUEST
-
         e = self.edit
-        n = sum(1 for name, _ in self.req_headers if name.lower() not in SKIP_REQUEST)
-        parts = self.hparts
-        lines = [[parts[i], parts[i + 2]] for i in range(0, 4 * n, 4)]
-        out: list[bytes] = []
-        for name, value in e.apply(lines):
-            out += (name, b": ", value, b"\r\n")
-        self.hparts = out + parts[4 * n:]
+        parts, n = self.hparts, self.nhead  # the first `nhead` parts are the forwarded header runs
+        head = e.apply_flat(parts[:n])
+        head += parts[n:]
+        self.hparts = head
         if e.query is not None:
             self.query = e.query
 

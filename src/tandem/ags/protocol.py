@@ -197,6 +197,7 @@ class ClientProtocol(asyncio.Protocol):
                     connection = True
                 continue
             parts += [name, b": ", value, b"\r\n"]
+        nhead = len(parts)
         if rid is None:
             gw.rid = n = gw.rid + 1
             rid = gw.rid_format % n
@@ -255,6 +256,7 @@ class ClientProtocol(asyncio.Protocol):
             ex.rest = path[len(route.context):]
             if route.chain is not None:
                 ex.req_headers = headers
+                ex.nhead = nhead
         if xff is None and host:  # the common case: the line prefix made once per connection
             parts += [self.forwarded, host, b"\r\nX-Request-Id: ", rid, b"\r\n\r\n"]
         else:

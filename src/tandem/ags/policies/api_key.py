@@ -12,7 +12,14 @@ import hashlib
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
-from tandem.ags.policies.base import Answer, Step, edit, request_header
+from tandem.ags.policies.base import (
+    Answer,
+    Step,
+    add_upstream_header,
+    drop_upstream_header,
+    edit,
+    request_header,
+)
 from tandem.ags.policies.chain import Context, builder
 
 if TYPE_CHECKING:
@@ -24,7 +31,8 @@ CONSUMER_HEADER = b"X-Consumer-Name"
 def identified(ex: Exchange, consumer: str) -> None:
     """An auth step identified `consumer`: remember it and tell the backend."""
     ex.consumer = consumer
-    edit(ex).set(CONSUMER_HEADER, consumer.encode("utf-8"))
+    # (added, not set: a client's own X-Consumer-Name is never forwarded, see protocol.SKIP_REQUEST)
+    add_upstream_header(ex, CONSUMER_HEADER, consumer.encode("utf-8"))
 
 
 def query_value(query: bytes, name: bytes) -> bytes | None:
@@ -47,6 +55,7 @@ class ApiKeyStep(Step):
 
     def __init__(self, header: bytes, query_param: bytes | None, hide: bool, keys: dict[str, str]) -> None:
         self.header, self.lheader, self.query_param, self.hide, self.keys = header, header.lower(), query_param, hide, keys
+        self.known: dict[bytes, str] = {}  # valid keys seen -> consumer: no sha256 per request (bounded)
 
     def request(self, ex: Exchange) -> Answer | None:
         key = request_header(ex, self.lheader)
@@ -58,15 +67,20 @@ class ApiKeyStep(Step):
             where = self.header.decode() + (f" or query parameter {self.query_param.decode()!r}"
                                             if self.query_param else "")
             return Answer(401, "missing_credentials", f"this API needs an API key (header {where})")
-        consumer = self.keys.get(hashlib.sha256(key).hexdigest())
+        consumer = self.known.get(key)
         if consumer is None:
-            return Answer(401, "invalid_credentials", "the API key is not valid")
-        identified(ex, consumer)
+            consumer = self.keys.get(hashlib.sha256(key).hexdigest())
+            if consumer is None:
+                return Answer(401, "invalid_credentials", "the API key is not valid")
+            if len(self.known) >= 10_000:
+                self.known.clear()
+            self.known[key] = consumer
         if self.hide:
             if from_query:
                 edit(ex).query = query_without(ex.query, self.query_param)  # type: ignore[arg-type]
             else:
-                edit(ex).remove(self.header)
+                drop_upstream_header(ex, self.lheader)
+        identified(ex, consumer)
         return None
 
 

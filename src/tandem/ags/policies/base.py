@@ -14,6 +14,9 @@ the chain calls `step.request(ex)` in order; a step returns
 What a step may read and write on the exchange `ex` (`tandem.ags.exchange`):
 `ex.method`, `ex.path`, `ex.query` (b"" or b"?..."), `ex.req_headers` (the
 request's header (name, value) pairs as received), `ex.has_body`,
+`ex.hparts` / `ex.nhead` (what goes upstream: the first `nhead` items are the
+forwarded header lines as (name, ": ", value, "\\r\\n") runs; edit them only
+through `add_upstream_header` / `drop_upstream_header` or `edit(ex)`),
 `ex.client_ip` (bytes; the peer, or the client named by `X-Forwarded-For`
 behind a trusted proxy), `ex.consumer` (str, set by the auth step that
 identified the caller), and through the helpers below: request header edits
@@ -84,6 +87,24 @@ def request_headers(ex: Exchange, lname: bytes) -> list[bytes]:
     return [value for name, value in ex.req_headers if name.lower() == lname]
 
 
+def add_upstream_header(ex: Exchange, name: bytes, value: bytes) -> None:
+    """Add a header line to what the backend receives (in place: no edit pass)."""
+    n = ex.nhead
+    ex.hparts[n:n] = (name, b": ", value, b"\r\n")
+    ex.nhead = n + 4
+
+
+def drop_upstream_header(ex: Exchange, lname: bytes) -> None:
+    """Remove every `lname` (lower-case) line from what the backend receives (in place)."""
+    parts = ex.hparts
+    i = ex.nhead - 4
+    while i >= 0:
+        if parts[i].lower() == lname:
+            del parts[i:i + 4]
+            ex.nhead -= 4
+        i -= 4
+
+
 def add_response_header(ex: Exchange, line: bytes) -> None:
     """Add a header line to the response this request gets, proxied or answered by the gateway."""
     extra = ex.resp_extra
@@ -93,44 +114,60 @@ def add_response_header(ex: Exchange, line: bytes) -> None:
         extra.append(line)
 
 
+REMOVE, SET, ADD, RENAME = 0, 1, 2, 3
+
+
 class RequestEdit:
     """Header changes for the upstream request, applied once when the chain admits the request.
 
     Names are compared case-insensitively. `remove` drops every line with the name,
     `set` replaces them with one, `add` appends one, `rename` keeps the values
-    under a new name. `query` replaces the query string (b"" or b"?...")."""
+    under a new name. `query` replaces the query string (b"" or b"?...").
+    Each op is (kind, name, lower-case name, value), the lower case computed once."""
 
     __slots__ = ("ops", "query")
 
     def __init__(self) -> None:
-        self.ops: list[tuple[str, bytes, bytes]] = []
+        self.ops: list[tuple[int, bytes, bytes, bytes]] = []
         self.query: bytes | None = None
 
     def remove(self, name: bytes) -> None:
-        self.ops.append(("remove", name.lower(), b""))
+        self.ops.append((REMOVE, name, name.lower(), b""))
 
     def set(self, name: bytes, value: bytes) -> None:
-        self.ops.append(("set", name, value))
+        self.ops.append((SET, name, name.lower(), value))
 
     def add(self, name: bytes, value: bytes) -> None:
-        self.ops.append(("add", name, value))
+        self.ops.append((ADD, name, b"", value))
 
     def rename(self, old: bytes, new: bytes) -> None:
-        self.ops.append(("rename", old.lower(), new))
+        self.ops.append((RENAME, old, old.lower(), new))
+
+    def apply_flat(self, head: list[bytes]) -> list[bytes]:
+        """`head`: header lines as (name, b": ", value, b"\\r\\n") runs; returns the edited runs."""
+        for kind, name, low, value in self.ops:
+            if kind == ADD:
+                head += (name, b": ", value, b"\r\n")
+                continue
+            out: list[bytes] = []
+            for i in range(0, len(head), 4):
+                if head[i].lower() == low:
+                    if kind == RENAME:
+                        out += (value, b": ", head[i + 2], b"\r\n")
+                else:
+                    out += head[i:i + 4]
+            if kind == SET:
+                out += (name, b": ", value, b"\r\n")
+            head = out
+        return head
 
     def apply(self, lines: list[list[bytes]]) -> list[list[bytes]]:
         """`lines`: [name, value] pairs in order; returns the edited list."""
-        for op, name, value in self.ops:
-            low = name.lower()
-            if op == "remove":
-                lines = [pair for pair in lines if pair[0].lower() != low]
-            elif op == "set":
-                lines = [pair for pair in lines if pair[0].lower() != low] + [[name, value]]
-            elif op == "add":
-                lines.append([name, value])
-            else:  # rename
-                lines = [[value, pair[1]] if pair[0].lower() == low else pair for pair in lines]
-        return lines
+        flat: list[bytes] = []
+        for name, value in lines:
+            flat += (name, b": ", value, b"\r\n")
+        flat = self.apply_flat(flat)
+        return [[flat[i], flat[i + 2]] for i in range(0, len(flat), 4)]
 
 
 def edit(ex: Exchange) -> RequestEdit:

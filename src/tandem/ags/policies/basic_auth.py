@@ -21,7 +21,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from tandem.ags.policies.api_key import identified
-from tandem.ags.policies.base import Answer, Step, edit, request_header
+from tandem.ags.policies.base import Answer, Step, drop_upstream_header, request_header
 from tandem.ags.policies.chain import Context, builder
 from tandem.passwords import verify_password
 
@@ -95,9 +95,9 @@ class BasicAuthStep(Step):
     def decide(self, ex: Exchange, ok: bool, consumer: str) -> Answer | None:
         if not ok:
             return self.denied("invalid_credentials", "unknown username or wrong password")
-        identified(ex, consumer)
         if self.hide:
-            edit(ex).remove(b"Authorization")
+            drop_upstream_header(ex, b"authorization")
+        identified(ex, consumer)
         return None
 
     async def verify(self, ex: Exchange, d: bytes, password: bytes, stored: str, consumer: str) -> Answer | None:

@@ -46,7 +46,7 @@ from jwt.algorithms import Algorithm, get_default_algorithms
 from jwt.exceptions import InvalidTokenError, PyJWTError
 
 from tandem.ags.policies.api_key import identified
-from tandem.ags.policies.base import Answer, Step, edit, request_header
+from tandem.ags.policies.base import Answer, Step, drop_upstream_header, request_header
 from tandem.ags.policies.chain import Context, builder
 
 if TYPE_CHECKING:
@@ -284,9 +284,9 @@ class JwtStep(Step):
         return refuse("invalid_credentials", f"the token names {what} this API does not know")
 
     def admit(self, ex: Exchange, consumer: str) -> None:
-        identified(ex, consumer)
         if self.hide:
-            edit(ex).remove(self.header)
+            drop_upstream_header(ex, self.lheader)
+        identified(ex, consumer)
 
     def finish(self, ex: Exchange, token: bytes, r: Verified | Answer) -> Answer | None:
         if isinstance(r, Answer):
