@@ -12,7 +12,7 @@ import importlib
 from tandem.ags.policies.base import Answer, Step
 from tandem.ags.policies.chain import BUILDERS, Chain, Consumers, Services, compile_chain
 
-_MODULES = ("api_key", "basic_auth", "ip_filter", "cors", "headers", "retry", "jwt", "rate_limit", "quota")
+_MODULES = ("api_key", "basic_auth", "ip_filter", "cors", "headers", "retry", "jwt", "rate_limit", "quota", "cache")
 for _name in _MODULES:
     importlib.import_module(f"tandem.ags.policies.{_name}")
 
