@@ -11,7 +11,9 @@ identified (`ex.consumer`), or the client IP when there is none.
 
 `scope = "node"` counts in this process's memory, in `Services` state keyed
 by the project and policy (a redeploy keeps the counts), keeping only the
-current window: synchronous, no awaitable, a dict lookup per request.
+current window: synchronous, no awaitable, a dict lookup per request. The
+node is the serving process: with `Workers` > 1 each worker process counts
+on its own (one budget per gateway needs Workers = 1, or cluster scope).
 `scope = "cluster"` counts in Redis (`redis_counter.RedisCounter`, one
 client per `redis_url` per process): one pipelined round trip per request,
 each request counted exactly once. When Redis is unreachable (noticed
@@ -91,7 +93,7 @@ class RateLimitStep(Step):
         self.limit, self.length, self.by_consumer, self.headers = limit, length, by == "consumer", headers
         self.node = node  # the node counts, or (cluster scope) the local counts used while Redis is away
         self.redis, self.fail, self.timeout, self.key_prefix = redis, fail, timeout, key_prefix
-        self.prefix = b"RateLimit-Limit: %d\r\nRateLimit-Remaining: " % limit
+        self.line = b"RateLimit-Limit: %d\r\nRateLimit-Remaining: %%d\r\nRateLimit-Reset: %%d\r\n" % limit
         self.message = f"rate limit exceeded: {limit} requests per {_describe(length)}"
         self.clock = time
         if redis is not None:
@@ -102,18 +104,24 @@ class RateLimitStep(Step):
         return f"<RateLimitStep {self.limit}/{self.length}s by={'consumer' if self.by_consumer else 'ip'} {scope}>"
 
     def request(self, ex: Exchange) -> Answer | None:
+        # the node path runs per request: no awaitable, one dict update, one header line
         t = int(self.clock())
         length = self.length
         index = t // length
+        subject = ex.consumer or ex.client_ip if self.by_consumer else ex.client_ip
         node = self.node
         if index != node.index:
-            n, index = node.hit(self.subject(ex), index)
+            n, index = node.hit(subject, index)
         else:
             counts = node.counts
-            subject = ex.consumer or ex.client_ip if self.by_consumer else ex.client_ip
             n = counts.get(subject, 0) + 1
             counts[subject] = n
-        return self.decide(ex, n, (index + 1) * length - t)
+        limit = self.limit
+        if self.headers:
+            add_response_header(ex, self.line % (limit - n if n < limit else 0, (index + 1) * length - t))
+        if n <= limit:
+            return None
+        return Answer(429, "rate_limited", self.message, [b"Retry-After: %d\r\n" % ((index + 1) * length - t)])
 
     def subject(self, ex: Exchange) -> Any:
         return ex.consumer or ex.client_ip if self.by_consumer else ex.client_ip
@@ -121,8 +129,7 @@ class RateLimitStep(Step):
     def decide(self, ex: Exchange, n: int, reset: int) -> Answer | None:
         limit = self.limit
         if self.headers:
-            add_response_header(ex, self.prefix + b"%d\r\nRateLimit-Reset: %d\r\n"
-                                % (limit - n if n < limit else 0, reset))
+            add_response_header(ex, self.line % (limit - n if n < limit else 0, reset))
         if n <= limit:
             return None
         return Answer(429, "rate_limited", self.message, [b"Retry-After: %d\r\n" % reset])

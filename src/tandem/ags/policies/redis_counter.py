@@ -109,9 +109,9 @@ class _Resp(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def send(self, cmd: bytes, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
-        fut = loop.create_future()
-        self.waiting.append(fut)
         self.transport.write(cmd)  # type: ignore[union-attr]
+        fut = loop.create_future()
+        self.waiting.append(fut)  # after the write: a write that raises leaves nothing waiting
         return fut
 
     def data_received(self, data: bytes) -> None:
@@ -215,7 +215,11 @@ class RedisCounter:
     async def _call(self, proto: _Resp, cmd: bytes, timeout: float, loop: asyncio.AbstractEventLoop) -> Any:
         if proto.transport is None:
             raise RedisUnavailable(f"redis at {self.where} is unreachable")
-        fut = proto.send(cmd, loop)
+        try:
+            fut = proto.send(cmd, loop)
+        except (OSError, RuntimeError) as exc:  # a transport closing under us: an outage like any other
+            self.trip(f"cannot send ({exc})")
+            raise RedisUnavailable(f"redis at {self.where} is unreachable") from exc
         timer = loop.call_later(timeout, self._late, fut, timeout)
         try:
             return await fut
