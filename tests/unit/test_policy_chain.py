@@ -102,3 +102,10 @@ def test_api_key_hashes_match_the_ams() -> None:
     from tandem.ams.services.consumers import hash_key
 
     assert hash_key("tk_x") == hashlib.sha256(b"tk_x").hexdigest()
+
+
+def test_protected_header_lists_match_what_the_gateway_writes() -> None:
+    from tandem.ags.protocol import SKIP_REQUEST
+    from tandem.ams.policies import PROTECTED_REQUEST_HEADERS
+
+    assert {n.encode() for n in PROTECTED_REQUEST_HEADERS} == SKIP_REQUEST | {b"content-length"}

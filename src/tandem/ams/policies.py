@@ -201,9 +201,22 @@ class CorsPolicy(_Policy):
         return self
 
 
+# header names a request-/response-headers policy may not touch: they frame the message, or the gateway
+# writes them itself (tandem.ags.protocol.SKIP_REQUEST + Content-Length for requests; a test keeps them equal)
+PROTECTED_REQUEST_HEADERS = frozenset({
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "host",
+    "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id", "expect", "content-length",
+    "proxy-authorization", "x-consumer-name"})
+PROTECTED_RESPONSE_HEADERS = frozenset({
+    "content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer", "upgrade", "x-request-id",
+    "proxy-connection"})
+
+
 class _HeadersPolicy(_Policy):
-    """Edit headers: `remove` first, then `set` (replace), then `add` (append), then
-    `rename` ({old: new}: the values of `old` go on under the name `new`)."""
+    """Edit headers: `remove` first, then `rename` ({old: new}: the values of `old` go on under
+    the name `new`), then `set` (replace), then `add` (append)."""
+
+    _protected: frozenset[str] = frozenset()
 
     set: dict[str, HeaderValue] = Field(default_factory=dict)
     add: dict[str, HeaderValue] = Field(default_factory=dict)
@@ -231,15 +244,23 @@ class _HeadersPolicy(_Policy):
     def _something(self) -> _HeadersPolicy:
         if not (self.set or self.add or self.remove or self.rename):
             raise ValueError("at least one of set, add, remove or rename must be given")
+        for field in ("remove", "rename", "set", "add"):
+            value = getattr(self, field)
+            names = [*value, *value.values()] if field == "rename" else list(value)
+            bad = sorted({n for n in names if n.lower() in self._protected})
+            if bad:
+                raise FieldError((field,), f"{', '.join(bad)} cannot be edited: the gateway writes it itself")
         return self
 
 
 class RequestHeadersPolicy(_HeadersPolicy):
     type: Literal["request-headers"]
+    _protected = PROTECTED_REQUEST_HEADERS
 
 
 class ResponseHeadersPolicy(_HeadersPolicy):
     type: Literal["response-headers"]
+    _protected = PROTECTED_RESPONSE_HEADERS
 
 
 class CachePolicy(_Policy):

@@ -13,16 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 from tandem.ags.policies.base import RequestEdit, Step
 from tandem.ags.policies.chain import Context, builder
-from tandem.ags.protocol import SKIP_REQUEST
+from tandem.ams.policies import PROTECTED_REQUEST_HEADERS, PROTECTED_RESPONSE_HEADERS
 
 if TYPE_CHECKING:
     from tandem.ags.exchange import Exchange
 
 
-# names a policy may not edit: they frame the message or are the gateway's own
-PROTECTED_REQUEST = frozenset({*SKIP_REQUEST, b"content-length"})
-PROTECTED_RESPONSE = frozenset({b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"te",
-                                b"trailer", b"upgrade", b"x-request-id", b"proxy-connection"})
+# names a policy may not edit: they frame the message or are the gateway's own (the AMS refuses them with
+# 422 already; a configuration from elsewhere gets its project refused)
+PROTECTED_REQUEST = frozenset(n.encode() for n in PROTECTED_REQUEST_HEADERS)
+PROTECTED_RESPONSE = frozenset(n.encode() for n in PROTECTED_RESPONSE_HEADERS)
 
 
 def compile_edit(policy: dict[str, Any], protected: frozenset[bytes]) -> RequestEdit:
