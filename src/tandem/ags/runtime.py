@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import secrets
 import socket
@@ -98,6 +99,11 @@ class Gateway:
                 await self._sweeper
             self._sweeper = None
         self.pools.close()
+        for state in self.services.values():  # policy clients (Redis connections, their probes)
+            close = getattr(state, "close", None)
+            if close is not None and inspect.iscoroutinefunction(close):
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(close(), 2.0)
         if self.accesslog is not None:
             self.accesslog.close()
             self.accesslog = None
