@@ -28,14 +28,12 @@ from collections.abc import Callable
 from typing import Any
 
 from tandem.ags.balancer import Balancer, Target
-from tandem.ags.policies import BUILDERS, Consumers, Services, compile_chain
+from tandem.ags.policies import Consumers, Services, compile_chain
 from tandem.ags.policies.chain import AUTH_KINDS
 from tandem.ags.router import Router, context_key, split_host
 
 log = logging.getLogger("tandem.ags")
 
-# policy types this gateway enforces (tandem.cli.demo reads it); any other makes its project refuse requests
-ENFORCED_POLICIES = frozenset({"timeout", *BUILDERS})
 
 
 class ConfigRejected(ValueError):

@@ -214,8 +214,6 @@ def _sample_api(api: httpx.Client, backend_url: str) -> str:
 
 
 def _demo_policies() -> list[dict[str, Any]]:
-    """The api-key policy once this gateway enforces it (the policies issue), else none:
-    the gateway refuses to serve a project whose policies it cannot enforce."""
-    from tandem.ags import config
-
-    return [{"type": "api-key"}] if "api-key" in getattr(config, "ENFORCED_POLICIES", ()) else []
+    """The sample API needs the consumer's key and is rate limited per consumer."""
+    return [{"type": "api-key"}, {"type": "rate-limit", "limit": 20, "window": 1, "unit": "second",
+                                  "by": "consumer"}]
