@@ -118,6 +118,17 @@ class Floor:
         stop_process(self.proc)
 
 
+def cpu_model() -> str:
+    """The CPU's model name: ratios against nginx differ between CPU kinds (see docs/benchmarks.md)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown cpu"
+
+
 def cpus() -> int:
     return len(os.sched_getaffinity(0))
 
@@ -392,7 +403,7 @@ def render_policies(args: argparse.Namespace, rows: list[str], n: int, before: t
     return "\n".join([
         "## Gateway with policies",
         "",
-        f"`{cmd}` — {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, {n} cpus; load average "
+        f"`{cmd}` — {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, {n} cpus ({cpu_model()}); load average "
         f"{before[0]:.1f} before, {after[0]:.1f} after. Same method as the Gateway section (interleaved runs, "
         "medians, nginx backend on cpu 0, the proxies on cpu 1). Tandem's 10 projects each have an `api-key` "
         "policy and a node-scope `rate-limit` by consumer (a limit high enough never to refuse: every request is "
@@ -416,7 +427,7 @@ def render(args: argparse.Namespace, rows: list[str], routing: str, notes: list[
     out = [
         "## Gateway",
         "",
-        f"`{cmd}` — {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, {n} cpus, "
+        f"`{cmd}` — {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, {n} cpus ({cpu_model()}), "
         f"{minutes:.0f} min; load average {before[0]:.1f} before, {after[0]:.1f} after "
         "(other jobs share this machine: read the ratios, not the absolute figures).",
         "",
