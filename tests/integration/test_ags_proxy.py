@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import uvloop
-
 from tandem.ags.config import validate_document
 from tandem.ags.echo import EchoServer
 from tandem.ags.runtime import Gateway
-from tandem.ags.settings import GatewaySettings
-from tandem.ags.testkit import free_port, make_document, project, send_and_read
-from tandem.server.service import listen_socket
+from tandem.ags.testkit import free_port, make_document, project, run_gateway, send_and_read
 
 GET = b"GET %s HTTP/1.1\r\nHost: api.test\r\n\r\n"
 
@@ -36,23 +31,12 @@ class Env:
 
 def run(test: Callable[[Env], Awaitable[None]], backends: int = 1, tmp: Path | None = None,
         **settings: Any) -> None:
-    async def main() -> None:
-        echoes = [EchoServer(f"b{i}") for i in range(backends)]
-        ports = [await e.start("127.0.0.1", 0) for e in echoes]
-        s = GatewaySettings(access_log=str(tmp / "access.log") if tmp else "")
-        gw = Gateway(dataclasses.replace(s, **settings))
-        sock = listen_socket("127.0.0.1", 0)
-        await gw.listen(sock)
-        env = Env(gw, sock.getsockname()[1], echoes, [f"http://127.0.0.1:{p}" for p in ports])
+    async def start(gw: Gateway, port: int, echoes: list[EchoServer], urls: list[str]) -> None:
+        env = Env(gw, port, echoes, urls)
         env.apply([project("pets", "/pets", env.urls[0] + "/v1")])
-        try:
-            await asyncio.wait_for(test(env), 30)
-        finally:
-            await gw.drain(1.0)
-            for e in echoes:
-                e.close()
+        await test(env)
 
-    uvloop.run(main())
+    run_gateway(start, backends, access_log=str(tmp / "access.log") if tmp else "", **settings)
 
 
 def test_path_rewrite_forwarded_headers_and_request_id(tmp_path: Path) -> None:

@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import uvloop
-
 from tandem.ags.config import validate_document
 from tandem.ags.echo import EchoServer
 from tandem.ags.runtime import Gateway
-from tandem.ags.settings import GatewaySettings
-from tandem.ags.testkit import free_port, make_document, project, send_and_read
+from tandem.ags.testkit import free_port, make_document, project, run_gateway, send_and_read
 from tandem.passwords import hash_password
-from tandem.server.service import listen_socket
 
 KEY = "tk_secret-key-1"
 CONSUMERS = [
@@ -52,21 +47,10 @@ class Env:
 
 
 def run(test: Callable[[Env], Awaitable[None]], backends: int = 1, **settings: Any) -> None:
-    async def main() -> None:
-        echoes = [EchoServer(f"b{i}") for i in range(backends)]
-        ports = [await e.start("127.0.0.1", 0) for e in echoes]
-        gw = Gateway(dataclasses.replace(GatewaySettings(), **settings))
-        sock = listen_socket("127.0.0.1", 0)
-        await gw.listen(sock)
-        env = Env(gw, sock.getsockname()[1], echoes, [f"http://127.0.0.1:{p}" for p in ports])
-        try:
-            await asyncio.wait_for(test(env), 30)
-        finally:
-            await gw.drain(1.0)
-            for e in echoes:
-                e.close()
+    async def start(gw: Gateway, port: int, echoes: list[EchoServer], urls: list[str]) -> None:
+        await test(Env(gw, port, echoes, urls))
 
-    uvloop.run(main())
+    run_gateway(start, backends, **settings)
 
 
 def _code(body: bytes) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tandem.ags.testkit import echo_backend
 from tandem.config import init_home
 from tandem.testing import (  # noqa: F401  (re-exported for the test modules)
     Home,
@@ -21,6 +22,14 @@ from tandem.testing import (  # noqa: F401  (re-exported for the test modules)
     tandem_cmd,
     wait_for,
 )
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """An echo backend for the module: its URL and the JSON-lines log of what it received."""
+    log = tmp_path_factory.mktemp("backend") / "requests.jsonl"
+    with echo_backend(log, "real") as (url, _):
+        yield url, log
 
 
 @pytest.fixture

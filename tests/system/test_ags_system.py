@@ -17,25 +17,13 @@ import httpx
 import pytest
 
 from tandem.ags.testcluster import CliCluster
-from tandem.ags.testkit import FeedServer, echo_backend, free_port, logged_requests, raw_request, wait_until
-
-
-@pytest.fixture(scope="module")
-def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    log = tmp_path_factory.mktemp("backend") / "requests.jsonl"
-    with echo_backend(log, "real") as (url, _):
-        yield url, log
+from tandem.ags.testkit import FeedServer, free_port, logged_requests, raw_request, wait_until
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, backend: tuple[str, Path]) -> Iterator[CliCluster]:
-    c = CliCluster(tmp_path_factory.mktemp("ags"), ags_env={"TANDEM_GATEWAY_READ_TIMEOUT": "30"})
-    try:
-        c.start("AMS")
-        c.start("AGS")
+    with CliCluster.started(tmp_path_factory.mktemp("ags"), ags_env={"TANDEM_GATEWAY_READ_TIMEOUT": "30"}) as c:
         yield c
-    finally:
-        c.close()
 
 
 def _deploy(c: CliCluster, name: str) -> float:

@@ -18,25 +18,13 @@ import httpx
 import pytest
 
 from tandem.ags.testcluster import CliCluster
-from tandem.ags.testkit import echo_backend, free_port, logged_requests, wait_until
-
-
-@pytest.fixture(scope="module")
-def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    log = tmp_path_factory.mktemp("backend") / "requests.jsonl"
-    with echo_backend(log, "real") as (url, _):
-        yield url, log
+from tandem.ags.testkit import free_port, logged_requests, wait_until
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliCluster]:
-    c = CliCluster(tmp_path_factory.mktemp("policies"))
-    try:
-        c.start("AMS")
-        c.start("AGS")
+    with CliCluster.started(tmp_path_factory.mktemp("policies")) as c:
         yield c
-    finally:
-        c.close()
 
 
 def _deploy(c: CliCluster, name: str, context: str, url: str, policies: list[dict[str, Any]]) -> None:

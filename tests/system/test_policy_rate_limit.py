@@ -16,29 +16,17 @@ import pytest
 import redis
 
 from tandem.ags.testcluster import CliCluster
-from tandem.ags.testkit import echo_backend, logged_requests, wait_until
+from tandem.ags.testkit import logged_requests, wait_until
 
 REDIS_URL = os.environ.get("TANDEM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 HOUR = 3600
 
 
 @pytest.fixture(scope="module")
-def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    log = tmp_path_factory.mktemp("backend") / "requests.jsonl"
-    with echo_backend(log, "real") as (url, _):
-        yield url, log
-
-
-@pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliCluster]:
     # node scope counts per serving process: one worker, so the node is one counter
-    c = CliCluster(tmp_path_factory.mktemp("ratelimit"), workers=1)
-    try:
-        c.start("AMS")
-        c.start("AGS")
+    with CliCluster.started(tmp_path_factory.mktemp("ratelimit"), workers=1) as c:
         yield c
-    finally:
-        c.close()
 
 
 def _deploy(c: CliCluster, name: str, url: str, policies: list[dict[str, Any]]) -> str:

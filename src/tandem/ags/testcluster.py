@@ -13,9 +13,11 @@ and stopped by pid on `close()`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,18 @@ class CliCluster:
 
     def __enter__(self) -> CliCluster:
         return self
+
+    @classmethod
+    @contextlib.contextmanager
+    def started(cls, tmp: Path, **kw: Any) -> Iterator[CliCluster]:
+        """A cluster with its AMS and AGS serving; everything stopped by pid on exit."""
+        c = cls(tmp, **kw)
+        try:
+            c.start("AMS")
+            c.start("AGS")
+            yield c
+        finally:
+            c.close()
 
     def __exit__(self, *exc: object) -> None:
         self.close()

@@ -309,3 +309,33 @@ async def send_and_read(port: int, data: bytes, responses: int = 1, timeout: flo
     finally:
         writer.close()
     return out
+
+
+def run_gateway(test: Callable[[Any, int, list[Any], list[str]], Any], backends: int = 1,
+                timeout: float = 30.0, **settings: Any) -> None:
+    """Run `await test(gateway, port, echo_servers, echo_urls)` on a fresh uvloop with an in-process
+    Gateway listening on a free port in front of `backends` echo servers; everything closed after."""
+    import dataclasses
+
+    import uvloop
+
+    from tandem.ags.echo import EchoServer
+    from tandem.ags.runtime import Gateway
+    from tandem.ags.settings import GatewaySettings
+    from tandem.server.service import listen_socket
+
+    async def main() -> None:
+        echoes = [EchoServer(f"b{i}") for i in range(backends)]
+        ports = [await e.start("127.0.0.1", 0) for e in echoes]
+        gw = Gateway(dataclasses.replace(GatewaySettings(), **settings))
+        sock = listen_socket("127.0.0.1", 0)
+        await gw.listen(sock)
+        try:
+            await asyncio.wait_for(test(gw, sock.getsockname()[1], echoes,
+                                        [f"http://127.0.0.1:{p}" for p in ports]), timeout)
+        finally:
+            await gw.drain(1.0)
+            for e in echoes:
+                e.close()
+
+    uvloop.run(main())
