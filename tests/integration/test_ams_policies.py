@@ -333,3 +333,18 @@ async def _at(applied: Any, revision: int) -> bool:
 
 async def _is(pending: Any, status: int) -> bool:
     return bool((await pending)[0] == status)
+
+
+@pytest.mark.parametrize(("hc", "field", "word"), [
+    ({"interval": 1, "timeout": 1}, "health_check.timeout", "shorter"),
+    ({"path": "health"}, "health_check.path", "pattern"),
+    ({"unhealthy": 0}, "health_check.unhealthy", "greater"),
+])
+def test_health_check_validated(ams: InProcessAms, hc: dict[str, Any], field: str, word: str) -> None:
+    c, h = ams.client, ams.headers
+    before = ams.store.last_lsn()
+    _check_422(c.post("/api/v1/projects", json={**BASE, "health_check": hc}, headers=h), field, word)
+    assert ams.store.last_lsn() == before
+    good = {"path": "/health", "interval": 2, "timeout": 0.5, "healthy": 1, "unhealthy": 2}
+    r = c.post("/api/v1/projects", json={**BASE, "health_check": good}, headers=h)
+    assert r.status_code == 201 and r.json()["health_check"] == good

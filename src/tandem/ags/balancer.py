@@ -3,7 +3,8 @@
 The order is nginx's smooth weighted round robin, precomputed once per
 configuration as a cycle (weights reduced by their gcd, so {3, 1} gives
 a a b a rather than a burst). A target that failed to connect is marked down
-for `fail_timeout` seconds and skipped; when every target is down the
+for `fail_timeout` seconds and skipped (active health checks, `health.py`,
+can hold one down longer); when every target is down the
 balancer still hands one out: a real connection attempt is the cheapest
 probe and a recovered backend is used at once.
 """
@@ -21,7 +22,7 @@ MAX_CYCLE = 1000
 
 class Target:
     __slots__ = ("url", "weight", "scheme", "host", "port", "base_path", "host_header", "pool",
-                 "down_until", "failures", "log_name", "join_base", "line_tail")
+                 "down_until", "failures", "log_name", "join_base", "line_tail", "health")
 
     def __init__(self, url: str, weight: int) -> None:
         parts = urlsplit(url)
@@ -48,6 +49,7 @@ class Target:
         self.pool: Any = None
         self.down_until = 0.0
         self.failures = 0
+        self.health: Any = None  # tandem.ags.health.HealthState when the project has active checks
 
     def upstream_path(self, rest: bytes) -> bytes:
         """Target base path + what follows the context path ("/v1" + "/pets")."""
@@ -114,10 +116,10 @@ class Balancer:
     @staticmethod
     def failed(target: Target, now: float, fail_timeout: float) -> None:
         target.failures += 1
-        target.down_until = now + fail_timeout
+        target.down_until = max(target.down_until, now + fail_timeout)  # (inf: the health checks hold it)
 
     @staticmethod
     def succeeded(target: Target) -> None:
-        if target.failures:
+        if target.failures and (target.health is None or not target.health.down):
             target.failures = 0
             target.down_until = 0.0

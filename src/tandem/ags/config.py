@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tandem.ags.balancer import Balancer, Target
+from tandem.ags.health import Check
 from tandem.ags.policies import Consumers, Services, compile_chain
 from tandem.ags.policies.chain import AUTH_KINDS
 from tandem.ags.router import Router, context_key, split_host
@@ -108,6 +109,11 @@ def _check_project(p: Any) -> tuple[bytes, Any, Any]:
         if isinstance(w, bool) or not isinstance(w, int) or w < 0:
             raise ValueError(f"targets[{j}].weight: expected a non-negative integer, got {w!r}")
         Target(t["url"], w)  # raises ValueError naming the url
+    hc = p.get("health_check")
+    if hc is not None:
+        if not isinstance(hc, dict):
+            raise ValueError(f"health_check: expected an object, got {hc!r}")
+        Check(hc)  # raises ValueError naming the bad field
     hosts = frozenset(h.lower() for h in _str_list(p, "hosts")) or None
     methods = frozenset(m.upper() for m in _str_list(p, "methods")) or None
     policies = p.get("policies") or []
@@ -121,7 +127,8 @@ class Project:
     """A compiled project: what the hot path reads for one route."""
 
     __slots__ = ("name", "context", "hosts", "wild_hosts", "methods", "balancer", "refusal",
-                 "connect_timeout", "read_timeout", "stats", "raw", "log_name", "chain", "consumers_digest")
+                 "connect_timeout", "read_timeout", "stats", "raw", "log_name", "chain", "consumers_digest",
+                 "health")
 
     def __init__(self, raw: dict[str, Any], pool_for: Callable[[Target], Any], stats: Any,
                  connect_timeout: float, read_timeout: float, consumers: Consumers | None = None,
@@ -143,6 +150,7 @@ class Project:
             target.pool = pool_for(target)
             targets.append(target)
         self.balancer = Balancer(targets)
+        self.health = Check(raw["health_check"]) if raw.get("health_check") else None
         self.stats = stats
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
         policies = raw.get("policies") or []

@@ -23,6 +23,7 @@ from typing import Any
 
 from tandem.ags.accesslog import AccessLog
 from tandem.ags.config import CompiledConfig, compile_config
+from tandem.ags.health import HealthChecker
 from tandem.ags.metrics import NO_ROUTE, Metrics
 from tandem.ags.policies import Services
 from tandem.ags.protocol import ClientProtocol
@@ -52,6 +53,7 @@ class Gateway:
         self.rid_format = self.rid_prefix + b"%x"
         self.rid = 0
         self._sweeper: asyncio.Task[None] | None = None
+        self.health = HealthChecker(self)  # active health checks of projects that ask for them
 
     def __repr__(self) -> str:
         return (f"<Gateway revision={self.config.revision} projects={len(self.config.projects)} "
@@ -74,6 +76,7 @@ class Gateway:
         self.servers.append(server)
         if self._sweeper is None:
             self._sweeper = self.loop.create_task(self._sweep())
+        self.health.start()
 
     def stop_accepting(self) -> None:
         """Refuse new connections now; idle keep-alive connections close, busy ones after their response."""
@@ -98,6 +101,7 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
+        await self.health.stop()
         self.pools.close()
         for state in self.services.values():  # policy clients (Redis connections, their probes)
             close = getattr(state, "close", None)

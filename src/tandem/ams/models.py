@@ -76,6 +76,22 @@ class Resource(Strict):
     summary: str | None = Field(default=None, max_length=1024)
 
 
+class HealthCheck(Strict):
+    """Active health checks of a project's targets (the gateway side: tandem.ags.health)."""
+
+    path: str = Field(default="/", pattern=r"^/[^\s]*$", max_length=2048)
+    interval: float = Field(default=5.0, ge=0.1, le=3600)
+    timeout: float = Field(default=1.0, ge=0.01, le=60)
+    healthy: int = Field(default=2, ge=1, le=100)
+    unhealthy: int = Field(default=3, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _timeout_within_interval(self) -> HealthCheck:
+        if self.timeout >= self.interval:
+            raise FieldError(("timeout",), f"must be shorter than interval ({self.interval:g} s)")
+        return self
+
+
 class Project(Strict):
     """An API project: what one context path of a gateway serves."""
 
@@ -89,6 +105,7 @@ class Project(Strict):
     methods: list[HTTP_METHOD] = Field(default_factory=list)
     resources: list[Resource] = Field(default_factory=list, max_length=10_000)
     policies: list[Policy] = Field(default_factory=list, max_length=50)
+    health_check: HealthCheck | None = None
 
     @field_validator("context_path")
     @classmethod
