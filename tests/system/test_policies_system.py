@@ -162,3 +162,19 @@ def test_retry_then_give_up(cluster: CliCluster, backend: tuple[str, Path]) -> N
     before = len(logged_requests(log))
     r = httpx.post(cluster.gateway_url + "/flaky/status?code=503", content=b"body", timeout=10)
     assert r.status_code == 503 and len(_received(log, before)) == 1  # a body is never sent twice
+
+
+def test_active_health_check_takes_a_failing_target_out(cluster: CliCluster, backend: tuple[str, Path]) -> None:
+    url, log = backend
+    dead = f"http://127.0.0.1:{free_port()}"
+    body = {"name": "hc", "context_path": "/hc", "targets": [{"url": url}, {"url": dead}],
+            "health_check": {"path": "/health", "interval": 0.2, "timeout": 0.1, "healthy": 1, "unhealthy": 2}}
+    assert cluster.api.post("/api/v1/projects", json=body).status_code == 201, body
+    assert cluster.api.post("/api/v1/projects/hc/deploy", json={"environment": "default"}).status_code == 202
+    wait_until(lambda: f"health: target {dead} of hc is down" in cluster.log_text("AGS"), 10,
+               "the dead target reported down by the health checks")
+    before = len(logged_requests(log))
+    for _ in range(4):
+        assert _get(cluster, "/hc/x").status_code == 200
+    assert len(_received(log, before)) == 4
+    assert any(r["path"] == "/health" for r in logged_requests(log))  # the live target was probed too
