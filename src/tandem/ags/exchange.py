@@ -103,10 +103,15 @@ class Exchange:
         if p.refusal is not None:
             self.fail(501, "policy_not_supported", p.refusal)
             return
-        if p.chain is not None and not self.admitted:
+        chain = p.chain
+        if chain is not None and not self.admitted:
             self.client_ip = self.cp.ip
-            p.chain.run(self)  # calls admit() or answer(), now or once a step's I/O is done
-            return
+            # True: every step passed now (the common case: no admit(), no second start()); False: the
+            # chain answered, or a step's I/O is pending and admit() or answer() comes later
+            if not chain.run(self):
+                return
+            if self.edit is not None:
+                self.apply_edit()
         self.read_timeout = timeout = p.read_timeout
         cycle = p.balancer.cycle
         if len(cycle) == 1 and cycle[0].down_until <= now:  # one target, up: Balancer.pick, inlined
@@ -323,10 +328,13 @@ class Exchange:
         plain = True
         hook = self.hook
         if hook is not None:  # a project with policies: its chain edits the head (and may retry or cache)
-            parts = hook.on_response(self, status, parts)
-            if parts is None:  # dropped: the retry policy sends the request again
-                return False
-            plain = self.capture is None
+            if hook.hooks:
+                parts = hook.on_response(self, status, parts)
+                if parts is None:  # dropped: the retry policy sends the request again
+                    return False
+                plain = self.capture is None
+            elif self.resp_extra is not None:  # only header lines to add (Chain.on_response, inlined)
+                parts += self.resp_extra
         clen = has_length
         if self.is_head or status == 204 or status == 304:
             self.no_body = True

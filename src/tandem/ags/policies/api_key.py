@@ -16,9 +16,7 @@ from tandem.ags.policies.base import (
     Answer,
     Step,
     add_upstream_header,
-    drop_upstream_header,
     edit,
-    request_header,
 )
 from tandem.ags.policies.chain import Context, builder
 
@@ -55,10 +53,17 @@ class ApiKeyStep(Step):
 
     def __init__(self, header: bytes, query_param: bytes | None, hide: bool, keys: dict[str, str]) -> None:
         self.header, self.lheader, self.query_param, self.hide, self.keys = header, header.lower(), query_param, hide, keys
-        self.known: dict[bytes, str] = {}  # valid keys seen -> consumer: no sha256 per request (bounded)
+        # valid keys seen -> (consumer, its name encoded): no sha256 per request (bounded)
+        self.known: dict[bytes, tuple[str, bytes]] = {}
 
     def request(self, ex: Exchange) -> Answer | None:
-        key = request_header(ex, self.lheader)
+        # per request: request_header, drop_upstream_header and identified (base.py), inlined
+        lheader = self.lheader
+        key = None
+        for name, value in ex.req_headers:
+            if name.lower() == lheader:
+                key = value
+                break
         from_query = False
         if key is None and self.query_param is not None and ex.query:
             key = query_value(ex.query, self.query_param)
@@ -67,20 +72,29 @@ class ApiKeyStep(Step):
             where = self.header.decode() + (f" or query parameter {self.query_param.decode()!r}"
                                             if self.query_param else "")
             return Answer(401, "missing_credentials", f"this API needs an API key (header {where})")
-        consumer = self.known.get(key)
-        if consumer is None:
+        known = self.known.get(key)
+        if known is None:
             consumer = self.keys.get(hashlib.sha256(key).hexdigest())
             if consumer is None:
                 return Answer(401, "invalid_credentials", "the API key is not valid")
             if len(self.known) >= 10_000:
                 self.known.clear()
-            self.known[key] = consumer
+            known = self.known[key] = (consumer, consumer.encode("utf-8"))
+        parts, n = ex.hparts, ex.nhead
         if self.hide:
             if from_query:
                 edit(ex).query = query_without(ex.query, self.query_param)  # type: ignore[arg-type]
             else:
-                drop_upstream_header(ex, self.lheader)
-        identified(ex, consumer)
+                i = n - 4
+                while i >= 0:
+                    if parts[i].lower() == lheader:
+                        del parts[i:i + 4]
+                        n -= 4
+                    i -= 4
+        ex.consumer = known[0]
+        # (added, not set: a client's own X-Consumer-Name is never forwarded, see protocol.SKIP_REQUEST)
+        parts[n:n] = (CONSUMER_HEADER, b": ", known[1], b"\r\n")
+        ex.nhead = n + 4
         return None
 
 

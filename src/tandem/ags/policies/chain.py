@@ -149,10 +149,22 @@ class Chain:
     def __repr__(self) -> str:
         return f"<Chain {' -> '.join(self.kinds)}>"
 
-    def run(self, ex: Exchange) -> None:
-        """Admit the request (`ex.admit()`) or answer it; asynchronously when a step needs I/O."""
+    def run(self, ex: Exchange) -> bool:
+        """Run the steps: True when every one passed at once (the caller sends the request on, after
+        `ex.edit`); False when the request was answered, or when a step needs I/O (then the chain
+        resumes once it is done and ends with `ex.admit(True)` or `ex.answer(..., True)`)."""
         ex.hook = self
-        self.resume(ex, 0, False)
+        i = 0
+        for step in self.steps:
+            i += 1
+            r = step.request(ex)
+            if r is not None:
+                if type(r) is Answer:
+                    ex.answer(r)
+                else:
+                    ex.cp.loop.create_task(self._wait(ex, i, r))
+                return False
+        return True
 
     def resume(self, ex: Exchange, i: int, later: bool) -> None:
         steps, n = self.steps, self.n
