@@ -413,7 +413,22 @@ class Exchange:
         if accesslog is not None:
             accesslog.write(self.rid, cp.ip, self.method, self.path + self.query, self.host, status,
                             p.log_name, self.upstream_addr, took, up)
-        cp.exchange_done(self, not self.keep_alive or not self.req_complete)
+        if not self.keep_alive or not self.req_complete or cp.cur is not self or cp.closing or cp.advancing or cp.queue:
+            cp.exchange_done(self, not self.keep_alive or not self.req_complete)
+            return
+        # ClientProtocol.exchange_done, inlined for the common case: a kept-alive connection, nothing queued
+        # (`closing` is also set when the connection is closed)
+        cp.cur = None
+        out = cp.out
+        if out:
+            cp.transport.writelines(out)  # type: ignore[union-attr]
+            out.clear()
+        if cp.fatal is not None:
+            cp.answer_and_close(cp.fatal)
+        elif cp.gw.draining:
+            cp.close()
+        elif cp.paused & 1:  # PAUSE_PIPELINE
+            cp.resume(1)
 
     def on_upstream_lost(self, conn: UpstreamConnection) -> None:
         self.conn = None

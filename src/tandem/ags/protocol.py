@@ -206,13 +206,14 @@ class ClientProtocol(asyncio.Protocol):
         ex.cp, ex.method, ex.rid, ex.t0, ex.uout = self, method, rid, perf_counter(), []
         ex.host = host
         self.parsing = ex
-        q = url.find(b"?")
-        if q >= 0:
-            ex.query = url[q:]
-            url = url[:q]
+        # (partition(), not `in` or find(): `bytes in bytes` tries the operand as an int first and pays for
+        # a TypeError, find() parses its arguments as a tuple; partition() takes one, and only makes a
+        # tuple when the separator is absent)
+        url, q, query = url.partition(b"?")
+        if q:
+            ex.query = q + query
         ex.path = url
-        # (find(), not `in`: `bytes in bytes` tries the operand as an int first, and pays for a TypeError)
-        if url[:1] != b"/" or url.find(b"/.") >= 0 or url.find(b"%2") >= 0:
+        if url[:1] != b"/" or url.partition(b"/.")[1] or url.partition(b"%2")[1]:
             if url.startswith(b"http://") or url.startswith(b"https://"):  # absolute-form
                 start = url.find(b"//") + 2
                 slash = url.find(b"/", start)
