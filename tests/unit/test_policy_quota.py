@@ -28,6 +28,7 @@ from tandem.ags.quota_book import (
     encode_answer,
     period_window,
 )
+from tandem.ags.testkit import StepExchange
 from tandem.store import Op, Store, open_store
 
 
@@ -235,14 +236,7 @@ def test_worker_protocol_round_trip_through_a_book(tmp_path: Path) -> None:
 
 # ---- the step and its builder ----
 
-class Ex:
-    def __init__(self, ip: bytes = b"10.0.0.1", consumer: str | None = None) -> None:
-        self.client_ip, self.consumer = ip, consumer
-        self.resp_extra: list[bytes] | None = None
-
-    def headers(self) -> dict[str, str]:
-        lines = b"".join(self.resp_extra or []).decode().split("\r\n")
-        return {k: v for k, _, v in (ln.partition(": ") for ln in lines if ln)}
+Ex = StepExchange
 
 
 class FixedBook:

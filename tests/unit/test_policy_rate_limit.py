@@ -11,18 +11,9 @@ from tandem.ags.policies.base import Answer
 from tandem.ags.policies.chain import Context
 from tandem.ags.policies.rate_limit import RateLimitStep, WindowCounts, build, window_of
 from tandem.ags.policies.redis_counter import RedisCounter, ReplyError, command, parse, parse_url
+from tandem.ags.testkit import StepExchange
 
-
-class Ex:
-    """The parts of an Exchange the step reads and writes."""
-
-    def __init__(self, ip: bytes = b"10.0.0.1", consumer: str | None = None) -> None:
-        self.client_ip, self.consumer = ip, consumer
-        self.resp_extra: list[bytes] | None = None
-
-    def headers(self) -> dict[str, str]:
-        lines = b"".join(self.resp_extra or []).decode().split("\r\n")
-        return {k: v for k, _, v in (ln.partition(": ") for ln in lines if ln)}
+Ex = StepExchange
 
 
 def _project(*policies: dict[str, Any], name: str = "pets") -> dict[str, Any]:

@@ -339,3 +339,16 @@ def run_gateway(test: Callable[[Any, int, list[Any], list[str]], Any], backends:
                 e.close()
 
     uvloop.run(main())
+
+
+class StepExchange:
+    """The parts of an Exchange a policy step reads and writes, for unit tests of steps."""
+
+    def __init__(self, ip: bytes = b"10.0.0.1", consumer: str | None = None) -> None:
+        self.client_ip, self.consumer = ip, consumer
+        self.resp_extra: list[bytes] | None = None
+
+    def headers(self) -> dict[str, str]:
+        """The response header lines the step added, as a dict."""
+        lines = b"".join(self.resp_extra or []).decode().split("\r\n")
+        return {k: v for k, _, v in (ln.partition(": ") for ln in lines if ln)}
