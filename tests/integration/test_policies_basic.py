@@ -262,3 +262,36 @@ def test_no_policy_projects_have_no_chain() -> None:
         assert (await env.req("GET", "/p/x"))[0] == 200
 
     run(t)
+
+
+def test_async_step_with_pipelining_a_large_body_and_a_client_that_leaves() -> None:
+    """The first check of a password runs off the loop: requests behind it on the connection wait their
+    turn, a body arriving meanwhile is held (and the client paused) until the request is admitted, and a
+    client that disconnects during the check leaves nothing behind."""
+    async def t(env: Env) -> None:
+        env.apply(project("b", "/b", env.urls[0], policies=[{"type": "basic-auth"}]))
+        good = base64.b64encode(b"ann:pw-ann").decode()
+        body = b"x" * (600 * 1024)  # more than the exchange buffers before a connection is attached
+        req = (f"POST /b/one HTTP/1.1\r\nHost: a\r\nAuthorization: Basic {good}\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+        req += f"GET /b/two HTTP/1.1\r\nHost: a\r\nAuthorization: Basic {good}\r\n\r\n".encode()
+        req += b"GET /b/three HTTP/1.1\r\nHost: a\r\n\r\n"
+        out = await send_and_read(env.port, req, responses=3)
+        assert [r[0] for r in out] == [200, 200, 401]
+        first, second = (json.loads(r[2]) for r in out[:2])
+        assert (first["path"], first["body_bytes"]) == ("/one", len(body))
+        assert first["body_sha256"] == hashlib.sha256(body).hexdigest()
+        assert second["path"] == "/two"
+
+        other = base64.b64encode(b"ann:another-try").decode()  # a new pair: checked off the loop again
+        r, w = await asyncio.open_connection("127.0.0.1", env.port)
+        w.write(f"GET /b/gone HTTP/1.1\r\nHost: a\r\nAuthorization: Basic {other}\r\n\r\n".encode())
+        await w.drain()
+        w.close()  # gone before the verdict
+        await asyncio.sleep(0)
+        seen = len(env.seen())
+        status, _, body2 = await env.req("GET", "/b/x", f"Authorization: Basic {other}")
+        assert (status, _code(body2)) == (401, "invalid_credentials")
+        assert len(env.seen()) == seen and not any(s["path"] == "/gone" for s in env.seen())
+
+    run(t)
