@@ -79,11 +79,16 @@ def http_date() -> bytes:
     return _date_cache[1]  # type: ignore[return-value]
 
 
+def error_body(code: str, request_id: bytes, message: str | None = None) -> bytes:
+    """The JSON body of every gateway error: `{"code", "message", "request_id"}`."""
+    return json.dumps({"code": code, "message": message or MESSAGES.get(code, code),
+                       "request_id": request_id.decode("latin-1")}, separators=(",", ":")).encode()
+
+
 def error_response(status: int, code: str, request_id: bytes, message: str | None = None,
                    close: bool = False, head_only: bool = False) -> bytes:
     """The full HTTP/1.1 response for a gateway error (head and JSON body)."""
-    body = json.dumps({"code": code, "message": message or MESSAGES.get(code, code),
-                       "request_id": request_id.decode("latin-1")}, separators=(",", ":")).encode()
+    body = error_body(code, request_id, message)
     head = [b"HTTP/1.1 %d %s" % (status, REASONS.get(status, b"Error")),
             b"Date: " + http_date(),
             b"Content-Type: application/json",

@@ -21,7 +21,6 @@ Python calls as possible; rare cases live in separate methods.
 
 from __future__ import annotations
 
-import json
 from bisect import bisect_left
 from http import HTTPStatus
 from time import perf_counter
@@ -29,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from tandem.ags.accesslog import NULL
 from tandem.ags.balancer import Balancer, Target
-from tandem.ags.errors import MESSAGES, error_response, http_date
+from tandem.ags.errors import error_body, error_response, http_date
 from tandem.ags.metrics import BUCKETS
 from tandem.ags.upstream import INF, PoolBusy
 
@@ -180,11 +179,7 @@ class Exchange:
         self.drop_upstream()
         self.status = status = a.status
         close = not self.keep_alive or not self.req_complete or self.cp.gw.draining
-        if a.code is not None:
-            body = json.dumps({"code": a.code, "message": a.message or MESSAGES.get(a.code, a.code),
-                               "request_id": self.rid.decode("latin-1")}, separators=(",", ":")).encode()
-        else:
-            body = a.body
+        body = a.body if a.code is None else error_body(a.code, self.rid, a.message)
         head = [STATUS_LINES.get(status) or b"HTTP/1.1 %d Status\r\n" % status, b"Date: ", http_date(), b"\r\n"]
         if a.code is not None:
             head.append(b"Content-Type: application/json\r\n")

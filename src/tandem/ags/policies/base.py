@@ -29,9 +29,8 @@ per-request state lives on the exchange, never on the step.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from tandem.ags.exchange import Exchange
@@ -67,12 +66,6 @@ class Step:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.kind}>"
-
-
-def header_line(name: str | bytes, value: str | bytes) -> bytes:
-    n = name.encode("latin-1") if isinstance(name, str) else name
-    v = value.encode("latin-1") if isinstance(value, str) else value
-    return n + b": " + v + b"\r\n"
 
 
 def request_header(ex: Exchange, lname: bytes) -> bytes | None:
@@ -177,12 +170,3 @@ def edit(ex: Exchange) -> RequestEdit:
         e = ex.edit = RequestEdit()
     return e
 
-
-def error_body(code: str, message: str, request_id: bytes) -> bytes:
-    return json.dumps({"code": code, "message": message, "request_id": request_id.decode("latin-1")},
-                      separators=(",", ":")).encode()
-
-
-def describe(policy: dict[str, Any]) -> str:
-    """A short, stable name of one policy document, for logs and counter keys."""
-    return json.dumps(policy, sort_keys=True, separators=(",", ":"))

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tandem.ags.policies.base import Answer, RequestEdit, Step
+from tandem.ams.policies import AUTH_TYPES
 
 if TYPE_CHECKING:
     from tandem.ags.exchange import Exchange
@@ -35,7 +36,7 @@ log = logging.getLogger("tandem.ags.policies")
 
 PHASES = {"cors": 10, "ip-filter": 20, "api-key": 30, "basic-auth": 31, "jwt": 32, "rate-limit": 40,
           "quota": 50, "request-headers": 60, "cache": 70}
-AUTH_KINDS = frozenset({"api-key", "basic-auth", "jwt"})
+AUTH_KINDS = AUTH_TYPES  # (the AMS's list: a by-consumer limit needs one of these)
 # policy types the chain itself or the project handles without a request step
 NO_STEP = frozenset({"timeout", "retry", "response-headers"})
 
