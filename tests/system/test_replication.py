@@ -189,6 +189,8 @@ def test_rule6_async_divergent_copy_kept(home: Home) -> None:
         s.kill9()
         p.wait_state("Standalone", timeout=5)
         assert create(c, url(p), "only-on-old-active") == 201
+        lock = p.status()["lock"]  # acknowledged while serving alone: the peer was recorded out of sync first
+        assert lock["in_sync"] == [lock["holder"]], lock
         p.kill9()
         s.start(env=ENV)
         s.wait_state("Waiting", timeout=10)

@@ -139,8 +139,15 @@ class Replicator(Replication):
 
     # ---- durability of acknowledged writes ----
     async def wait_durable(self, lsn: int) -> None:
-        """Return once the write at `lsn` may be acknowledged to a client (rule 4)."""
-        if not self.sync or not self.in_sync or self.acked_lsn >= lsn:
+        """Return once the write at `lsn` may be acknowledged to a client (rule 4).
+        Async mode acknowledges at once, except while the LockFile still names a peer
+        we know is dead: that peer is first recorded out of sync, so a write acknowledged
+        while we serve alone always leaves the peer `Waiting` (rule 5)."""
+        if not self.sync:
+            if self.in_sync and not self.ctl.peer_alive():
+                await self._drop_peer("peer dead")
+            return
+        if not self.in_sync or self.acked_lsn >= lsn:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.waiters.append((lsn, fut))
