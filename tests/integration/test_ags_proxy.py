@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
+import time
 from collections.abc import Awaitable, Callable
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +58,12 @@ def test_path_rewrite_forwarded_headers_and_request_id(tmp_path: Path) -> None:
         status, headers, _ = await env.get("/pets", b"X-Request-Id: abc-123\r\n")
         assert headers["x-request-id"] == "abc-123"
         assert json.loads(_)["path"] == "/v1"
-        await asyncio.sleep(0.3)  # the sweeper flushes the access log
-        lines = [json.loads(x) for x in (tmp_path / "access.log").read_text().splitlines()]
+        log = tmp_path / "access.log"
+        for _ in range(100):  # the sweeper flushes the access log (about every 0.1 s)
+            if log.exists() and b"abc-123" in log.read_bytes():
+                break
+            await asyncio.sleep(0.05)
+        lines = [json.loads(x) for x in log.read_text().splitlines()]
         assert lines[-1]["request_id"] == "abc-123" and lines[-1]["project"] == "pets"
         assert lines[-1]["status"] == 200 and lines[-1]["upstream_ms"] is not None
 
@@ -373,5 +380,40 @@ def test_failover_to_a_target_with_an_idle_pooled_connection() -> None:
         for _ in range(4):
             status, _, _ = await asyncio.wait_for(env.get("/mixed/x"), 3)
             assert status == 200
+
+    run(t)
+
+
+def test_a_response_without_date_gets_one_and_a_backends_date_is_kept() -> None:
+    backend_dates = [None, b"date: Tue, 01 Jan 2030 00:00:00 GMT\r\n", None, b"Date: Wed, 02 Jan 2030 00:00:00 GMT\r\n"]
+
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for date in backend_dates:  # one keep-alive connection: what one response had must not carry over
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n" + (date or b"") + b"\r\nok")
+            await writer.drain()
+
+    async def t(env: Env) -> None:
+        server = await asyncio.start_server(backend, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        env.apply([project("nd", "/nd", f"http://127.0.0.1:{port}")], 2)
+        reader, writer = await asyncio.open_connection("127.0.0.1", env.port)
+        seen = []
+        for _ in backend_dates:
+            writer.write(GET % b"/nd/x")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert await reader.readexactly(2) == b"ok"
+            dates = [line.split(b":", 1)[1].strip() for line in head.split(b"\r\n") if line.lower().startswith(b"date:")]
+            assert len(dates) == 1, head  # exactly one Date, never two
+            seen.append(dates[0])
+        writer.close()
+        server.close()
+        assert seen[1] == b"Tue, 01 Jan 2030 00:00:00 GMT" and seen[3] == b"Wed, 02 Jan 2030 00:00:00 GMT"
+        for added in (seen[0], seen[2]):  # the gateway's own, in the IMF-fixdate form
+            assert re.fullmatch(rb"[A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d GMT", added), added
+            assert abs(parsedate_to_datetime(added.decode()).timestamp() - time.time()) < 60
 
     run(t)

@@ -23,20 +23,24 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
+from tandem.ags.errors import http_date
+
 if TYPE_CHECKING:
     from tandem.ags.exchange import Exchange
 
 INF = float("inf")
 
-# response headers: kept as they are, or LENGTH (kept, and the body is relayed as it is), HOP (dropped),
-# CONNECTION (dropped, and the headers it names too)
+# response headers: kept as they are, or LENGTH (kept, and the body is relayed as it is), DATE (kept, and
+# noted: a response without one gets the gateway's, RFC 9110 6.6.1), HOP (dropped), CONNECTION (dropped, and
+# the headers it names too)
 HOP_RESPONSE = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
                           b"trailer", b"upgrade", b"x-request-id"})
-KEEP, LENGTH, HOP, CONNECTION = 0, 1, 2, 3
-_LOWER_KIND = {**{n: HOP for n in HOP_RESPONSE}, b"connection": CONNECTION, b"content-length": LENGTH}
+KEEP, LENGTH, HOP, CONNECTION, DATE = 0, 1, 2, 3, 4
+_LOWER_KIND = {**{n: HOP for n in HOP_RESPONSE}, b"connection": CONNECTION, b"content-length": LENGTH,
+               b"date": DATE}
 # response header names as backends spell them (a dict hit avoids lower() for the common ones)
 _RESPONSE_KIND = {**_LOWER_KIND, **{n.title(): k for n, k in _LOWER_KIND.items()},
-                  **{n: KEEP for n in (b"Server", b"Date", b"Content-Type", b"Cache-Control", b"ETag",
+                  **{n: KEEP for n in (b"Server", b"Content-Type", b"Cache-Control", b"ETag",
                                        b"Last-Modified", b"Vary", b"Expires", b"Set-Cookie", b"Location",
                                        b"Accept-Ranges", b"Content-Encoding", b"X-Backend")}}
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"Keep-Alive", b"Close", b""})
@@ -63,6 +67,7 @@ class UpstreamConnection(asyncio.Protocol):
         # name more than close/keep-alive
         self.headers: list[bytes] = [b""]
         self.has_length = False
+        self.has_date = False
         self.connection: list[bytes] | None = None
         self.sink: list[bytes] | None = None
         self.paused_client: Any = None  # the ClientProtocol paused by our full write buffer
@@ -136,6 +141,8 @@ class UpstreamConnection(asyncio.Protocol):
         if kind:
             if kind == LENGTH:
                 self.has_length = True
+            elif kind == DATE:
+                self.has_date = True
             else:
                 if kind == CONNECTION and value not in _PLAIN_CONNECTION:
                     if self.connection is None:
@@ -150,6 +157,10 @@ class UpstreamConnection(asyncio.Protocol):
         if self.complete:  # a second response in one read: not ours
             self.reusable = False
             return
+        if self.has_date:
+            self.has_date = False
+        else:  # a proxy adds the Date a backend left out (RFC 9110 6.6.1)
+            headers += (b"Date", b": ", http_date(), b"\r\n")
         status = self.parser.get_status_code()
         if status < 200:
             self.interim = True  # 100 Continue etc.: the gateway answered Expect itself
@@ -175,6 +186,7 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if len(self.headers) > 1 or self.has_length or self.connection:  # trailer fields of a chunked
             self.headers, self.has_length, self.connection = [b""], False, None  # response: dropped
+            self.has_date = False
         if self.interim:
             self.interim = False
         elif not self.complete:
