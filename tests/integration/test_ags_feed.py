@@ -213,9 +213,9 @@ def test_worker_processes_share_the_port_and_get_each_configuration(tmp_path: Pa
             await until(lambda: asyncio.sleep(0, svc.revision == 2), 5, "revision 2 applied by every worker")
             # every new connection lands on one worker or the other: all of them have it
             assert [await env.status_of("/cats/x") for _ in range(20)] == [200] * 20
-            await asyncio.sleep(1.3)  # workers report counters about once a second
-            text = svc.metrics_text().decode()
-            assert 'tandem_gateway_requests_total{project="cats",class="2xx"} 20' in text
+            want = 'tandem_gateway_requests_total{project="cats",class="2xx"} 20'
+            text = await until(lambda: asyncio.sleep(0, want in (t := svc.metrics_text().decode()) and t), 5,
+                               "the 20 requests in the summed counters (workers report about once a second)")
             assert "tandem_gateway_workers 2" in text
             os.kill(pids[0], 9)  # a worker that dies is replaced
             await until(lambda: asyncio.sleep(0, svc.workers and svc.workers.live == 2

@@ -157,10 +157,15 @@ def test_10mb_upload_and_download_stream_with_bounded_memory(cluster: CliCluster
 
 def test_metrics_and_access_log(cluster: CliCluster) -> None:
     cluster.gateway_get("/files/ok")
-    time.sleep(1.3)  # workers report about once a second
-    text = httpx.get(cluster.ha_url("AGS") + "/metrics", timeout=5).text
-    assert 'tandem_gateway_requests_total{project="files",class="2xx"}' in text
-    assert 'tandem_gateway_requests_total{project="down",class="5xx"}' in text
+    assert cluster.gateway_get("/down/x").json()["code"] == "upstream_unavailable"
+    assert cluster.gateway_get("/nowhere").json()["code"] == "no_route"
+    wanted = ('tandem_gateway_requests_total{project="files",class="2xx"}',
+              'tandem_gateway_requests_total{project="down",class="5xx"}',
+              'tandem_gateway_errors_total{project="down",code="upstream_unavailable"}',
+              'tandem_gateway_errors_total{project="_no_route",code="no_route"}')
+    text = wait_until(lambda: all(w in (t := httpx.get(cluster.ha_url("AGS") + "/metrics", timeout=5).text)
+                                  for w in wanted) and t, 10, "the counters in /metrics (workers report each second)")
+    assert 'tandem_gateway_errors_total{project="files"' not in text  # a 2xx is not an error
     assert 'tandem_gateway_upstream_seconds_bucket{project="files",le="+Inf"}' in text
     import json
 

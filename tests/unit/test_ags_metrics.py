@@ -37,3 +37,21 @@ def test_prometheus_parser_accepts_the_text() -> None:
     families = {f.name: f for f in text_string_to_metric_families(render(merge([m.snapshot()]), 1, 0, 1).decode())}
     assert families["tandem_gateway_request_seconds"].type == "histogram"
     assert families["tandem_gateway_requests"].type == "counter"
+
+
+def test_errors_by_code_are_merged_across_processes_and_rendered() -> None:
+    a, b = Metrics(), Metrics()
+    for m, code in ((a, "rate_limited"), (a, "rate_limited"), (b, "rate_limited"), (b, "invalid_credentials")):
+        m.stats("pets").record(429 if code == "rate_limited" else 401, 0.0001, None)
+        m.stats("pets").error(code)
+    b.stats("cats").record(200, 0.001, 0.001)
+    text = render(merge([a.snapshot(), b.snapshot()]), 1, 0, 2).decode()
+    assert 'tandem_gateway_errors_total{project="pets",code="rate_limited"} 3' in text
+    assert 'tandem_gateway_errors_total{project="pets",code="invalid_credentials"} 1' in text
+    assert 'tandem_gateway_errors_total{project="cats"' not in text
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["tandem_gateway_errors"].type == "counter"
+    assert {s.labels["code"]: s.value for s in families["tandem_gateway_errors"].samples} == {
+        "invalid_credentials": 1, "rate_limited": 3}

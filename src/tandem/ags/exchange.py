@@ -179,7 +179,11 @@ class Exchange:
         self.drop_upstream()
         self.status = status = a.status
         close = not self.keep_alive or not self.req_complete or self.cp.gw.draining
-        body = a.body if a.code is None else error_body(a.code, self.rid, a.message)
+        if a.code is None:
+            body = a.body
+        else:
+            body = error_body(a.code, self.rid, a.message)
+            (self.project.stats if self.project is not None else self.cp.gw.unrouted).error(a.code)
         head = [STATUS_LINES.get(status) or b"HTTP/1.1 %d Status\r\n" % status, b"Date: ", http_date(), b"\r\n"]
         if a.code is not None:
             head.append(b"Content-Type: application/json\r\n")
@@ -480,6 +484,7 @@ class Exchange:
             return
         self.drop_upstream()
         self.status = status
+        (self.project.stats if self.project is not None else self.cp.gw.unrouted).error(code)
         close = not self.keep_alive or not self.req_complete or self.cp.gw.draining
         self.cp.out.append(error_response(status, code, self.rid, message, close, self.is_head))
         self.resp_started = True

@@ -9,6 +9,9 @@ renders the sum on the HA port's `/metrics`:
     tandem_gateway_requests_total{project, class}          counter, class = 1xx..5xx
     tandem_gateway_request_seconds{project}                histogram, client-side latency
     tandem_gateway_upstream_seconds{project}               histogram, request sent -> response done
+    tandem_gateway_errors_total{project, code}              counter, the gateway's own error answers by
+                                                           their JSON `code` (rate_limited, invalid_credentials,
+                                                           upstream_timeout, ...: docs/policies.md)
     tandem_gateway_config_revision                         gauge, the configuration being served
     tandem_gateway_config_rejected_total                   counter, fetched documents refused
     tandem_gateway_workers                                 gauge, live serving processes
@@ -27,7 +30,7 @@ _N = len(BUCKETS) + 1
 
 
 class ProjectStats:
-    __slots__ = ("classes", "lat", "lat_sum", "up", "up_sum")
+    __slots__ = ("classes", "lat", "lat_sum", "up", "up_sum", "errors")
 
     def __init__(self) -> None:
         self.classes = [0, 0, 0, 0, 0, 0]
@@ -35,6 +38,11 @@ class ProjectStats:
         self.lat_sum = 0.0
         self.up = [0] * _N
         self.up_sum = 0.0
+        self.errors: dict[str, int] = {}  # the gateway's own error answers, by code (never on the 2xx path)
+
+    def error(self, code: str) -> None:
+        errors = self.errors
+        errors[code] = errors.get(code, 0) + 1
 
     def record(self, status: int, seconds: float, upstream_seconds: float | None) -> None:
         self.classes[status // 100 if status < 600 else 5] += 1
@@ -45,7 +53,7 @@ class ProjectStats:
             self.up_sum += upstream_seconds
 
     def to_json(self) -> list[Any]:
-        return [self.classes, self.lat, self.lat_sum, self.up, self.up_sum]
+        return [self.classes, self.lat, self.lat_sum, self.up, self.up_sum, self.errors]
 
 
 class Metrics:
@@ -68,10 +76,10 @@ def merge(snapshots: list[dict[str, list[Any]]]) -> dict[str, list[Any]]:
     """Sum snapshots (of workers, retired workers, the in-process gateway) per project."""
     total: dict[str, list[Any]] = {}
     for snap in snapshots:
-        for name, (classes, lat, lat_sum, up, up_sum) in snap.items():
+        for name, (classes, lat, lat_sum, up, up_sum, errors) in snap.items():
             acc = total.get(name)
             if acc is None:
-                total[name] = [list(classes), list(lat), lat_sum, list(up), up_sum]
+                total[name] = [list(classes), list(lat), lat_sum, list(up), up_sum, dict(errors)]
                 continue
             for i, v in enumerate(classes):
                 acc[0][i] += v
@@ -81,6 +89,8 @@ def merge(snapshots: list[dict[str, list[Any]]]) -> dict[str, list[Any]]:
             for i, v in enumerate(up):
                 acc[3][i] += v
             acc[4] += up_sum
+            for code, n in errors.items():
+                acc[5][code] = acc[5].get(code, 0) + n
     return total
 
 
@@ -124,4 +134,9 @@ def render(merged: dict[str, list[Any]], revision: int, rejected: int, workers: 
         out.append(f"# TYPE {metric} histogram")
         for name in names:
             _histogram(out, metric, _label(name), merged[name][idx], merged[name][idx + 1])
+    out.append("# HELP tandem_gateway_errors_total the gateway's own error answers by project and code")
+    out.append("# TYPE tandem_gateway_errors_total counter")
+    for name in names:
+        for code, n in sorted(merged[name][5].items()):
+            out.append(f'tandem_gateway_errors_total{{project="{_label(name)}",code="{_label(code)}"}} {n}')
     return ("\n".join(out) + "\n").encode()

@@ -381,6 +381,7 @@ class ClientProtocol(asyncio.Protocol):
         rid = ex.rid if ex is not None else self.gw.next_request_id()
         self.out.append(error_response(r.status, r.code, rid, r.message, close=True))
         self.gw.unrouted.record(r.status, 0.0, None)
+        self.gw.unrouted.error(r.code)
         if self.gw.accesslog is not None:
             self.gw.accesslog.write(rid, self.ip, ex.method if ex else b"-", ex.path if ex else self.url[:200],
                                     ex.host if ex else b"", r.status, NULL, NULL, 0.0, None)
