@@ -173,6 +173,27 @@ def test_a_durability_failure_is_unavailable_but_the_committed_count_stays(tmp_p
     book_run(tmp_path, t, durable)
 
 
+def test_an_allowed_answer_waits_for_the_replicated_passive(tmp_path: Path) -> None:
+    """The book lets a request through only once its increment is durable on both halves: an
+    allowed answer never runs ahead of the replication wait (the failover half of the quota promise)."""
+    passive_acked = asyncio.Event()
+    waits = [0]
+
+    async def durable() -> None:
+        waits[0] += 1
+        await passive_acked.wait()
+
+    async def t(book: QuotaBook, stores: list[Store]) -> None:
+        taken = asyncio.ensure_future(book.take("pets", "consumer.day", "c:ann", "day", 5))
+        await wait(lambda: waits[0] == 1, "the durability wait started")
+        await wait(lambda: [v["n"] for v in stored(stores[-1]).values()] == [1], "the count committed")
+        assert not taken.done()  # committed locally, not yet acknowledged by the passive: no answer
+        passive_acked.set()
+        assert (await taken)[:2] == (ALLOWED, 4)
+
+    book_run(tmp_path, t, durable)
+
+
 def test_ended_periods_are_pruned_from_memory_and_store(tmp_path: Path) -> None:
     async def t(book: QuotaBook, stores: list[Store]) -> None:
         await asyncio.to_thread(stores[-1].commit, [Op(NS, "old/consumer.day/c:x/d20200101", {"n": 7, "end": 1.0}),
