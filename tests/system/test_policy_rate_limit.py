@@ -24,7 +24,7 @@ HOUR = 3600
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliCluster]:
-    # node scope counts per serving process: one worker, so the node is one counter
+    # one worker process (two workers sharing a node's count: test_node_limit_is_one_budget_for_all_workers)
     with CliCluster.started(tmp_path_factory.mktemp("ratelimit"), workers=1) as c:
         yield c
 
@@ -121,3 +121,23 @@ def test_cluster_limit_in_redis(cluster: CliCluster, backend: tuple[str, Path]) 
                 r.delete(k)
 
     _in_one_window(attempt)
+
+
+def test_node_limit_is_one_budget_for_all_workers(tmp_path: Path, backend: tuple[str, Path]) -> None:
+    """With Workers = 2 a client's connections land on either worker: node scope still lets `limit`
+    requests through per node, not `limit` per worker process."""
+    url, log = backend
+    with CliCluster.started(tmp_path, workers=2) as c:
+        def attempt(name: str) -> None:
+            path = _deploy(c, name, url, [{"type": "rate-limit", "limit": 10, "window": 1, "unit": "hour"}])
+            before = len(logged_requests(log))
+            statuses, workers = [], set()
+            for _ in range(40):  # a new connection each time: SO_REUSEPORT spreads them over the workers
+                r = _get(c, path + "/x")
+                statuses.append(r.status_code)
+                workers.add(r.headers["x-request-id"].split("-")[0])  # each worker has its own id prefix
+            assert len(workers) == 2, workers  # both workers answered
+            assert statuses == [200] * 10 + [429] * 30
+            assert len(logged_requests(log)) - before == 10
+
+        _in_one_window(attempt)

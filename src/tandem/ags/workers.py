@@ -22,6 +22,11 @@ worker dies with its parent (PR_SET_PDEATHSIG, and EOF on the control
 socket): a server killed by its watchdog never leaves a worker serving.
 A worker that dies while the parent serves is restarted.
 
+Node-scope rate limits are counted in a table the parent creates in shared
+memory before the first worker starts (`policies.node_counts`) and passes to
+every worker (a restarted one too) as an inherited descriptor: one budget per
+gateway, however many workers.
+
 Quotas are counted by the parent (`tandem.ags.quota_book`), which owns the
 store: a worker's `quota` steps send `Q` through `RemoteQuota` and resume on
 the matching `q`; an answer that does not come within the book's timeout is
@@ -42,6 +47,7 @@ import struct
 import sys
 from typing import TYPE_CHECKING, Any
 
+from tandem.ags.policies.node_counts import ENV_FD, create_table, from_environment
 from tandem.ags.quota_book import UNAVAILABLE, RemoteQuota, decode_take, encode_answer
 from tandem.ags.settings import GatewaySettings
 from tandem.errors import ServerError
@@ -97,6 +103,7 @@ class WorkerSet:
         self.document = b""
         self.stopping = False
         self._monitor: list[asyncio.Task[None]] = []
+        self.node_counts = -1  # the shared node-scope rate-limit table (a memfd), made at the first start
 
     def __repr__(self) -> str:
         return f"<WorkerSet n={len(self.workers)} stopping={self.stopping}>"
@@ -109,6 +116,8 @@ class WorkerSet:
         """Spawn every worker with `document`; returns once all listen. Raises ServerError."""
         self.document = document
         self.stopping = False
+        if self.node_counts < 0 and self.settings.workers > 1:
+            self.node_counts = create_table()
         self.workers = [await self._spawn(i) for i in range(self.settings.workers)]
         try:
             await asyncio.wait_for(asyncio.gather(*(w.ready for w in self.workers)), START_TIMEOUT)
@@ -123,10 +132,15 @@ class WorkerSet:
         env = dict(os.environ, TANDEM_AGS_SETTINGS=self.settings.to_json(), TANDEM_AGS_WORKER=str(index),
                    TANDEM_AGS_PARENT=str(os.getpid()))
         env.pop("TANDEM_WATCHDOG_FD", None)
+        env.pop(ENV_FD, None)
+        fds = [child_sock.fileno()]
+        if self.node_counts >= 0:
+            env[ENV_FD] = str(self.node_counts)
+            fds.append(self.node_counts)
         try:
             w.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "tandem.ags.workers", str(child_sock.fileno()),
-                pass_fds=(child_sock.fileno(),), env=env, stdin=asyncio.subprocess.DEVNULL)
+                pass_fds=fds, env=env, stdin=asyncio.subprocess.DEVNULL)
         finally:
             child_sock.close()
         reader, w.writer = await asyncio.open_unix_connection(sock=parent_sock)
@@ -239,6 +253,7 @@ async def _worker(fd: int, settings: GatewaySettings, index: int) -> None:
 
     reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=fd))
     gw = Gateway(settings)
+    gw.services.node_table = from_environment()
     quota = gw.services.quota = RemoteQuota(lambda payload: writer.write(frame(b"Q", payload)),
                                             asyncio.get_running_loop())
     listening = False

@@ -82,6 +82,7 @@ class Services:
     def __init__(self, loop: Any = None, quota: Any = None) -> None:
         self.loop = loop
         self.quota = quota  # the quota book client (tandem.ags.policies.quota), set by the runtime
+        self.node_table: Any = None  # a worker's node_counts.SharedTable, when the node has several workers
         self._state: dict[Any, Any] = {}
 
     def state(self, key: Any, factory: Callable[[], Any]) -> Any:

@@ -9,18 +9,19 @@ on them without talking, and 1,000 requests at a limit of 100 in one window
 pass exactly 100. `by = "consumer"` counts the consumer an auth step
 identified (`ex.consumer`), or the client IP when there is none.
 
-`scope = "node"` counts in this process's memory, in `Services` state keyed
-by the project and policy (a redeploy keeps the counts), keeping only the
-current window: synchronous, no awaitable, a dict lookup per request. The
-node is the serving process: with `Workers` > 1 each worker process counts
-on its own (one budget per gateway needs Workers = 1, or cluster scope).
+`scope = "node"` counts once per gateway node, keeping only the current
+window, in `Services` state keyed by the project and policy (a redeploy keeps
+the counts): synchronous, no awaitable. With one serving process that is a
+dict update in its memory; with `Workers` > 1 it is the table the worker
+processes share (`node_counts`: a locked 16-byte slot in shared memory per
+subject), so N workers still let `limit` requests through, not N x `limit`.
 `scope = "cluster"` counts in Redis (`redis_counter.RedisCounter`, one
 client per `redis_url` per process): one pipelined round trip per request,
 each request counted exactly once. When Redis is unreachable (noticed
 within `redis_timeout`, then skipped by the circuit breaker until a probe
 reconnects), `fail` decides: `open` lets the request through uncounted (no
 RateLimit-* headers then: nothing was counted), `closed` answers 503
-`rate_limit_unavailable`, `local` counts in this node's memory meanwhile.
+`rate_limit_unavailable`, `local` counts as node scope would meanwhile.
 A Redis problem never becomes a 401/403 and never makes a request wait past
 its timeout.
 
@@ -39,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from tandem.ags.policies.base import Answer, Step, add_response_header
 from tandem.ags.policies.chain import Context, builder
+from tandem.ags.policies.node_counts import SharedWindow
 from tandem.ags.policies.redis_counter import RedisCounter, RedisUnavailable, parse_url
 
 if TYPE_CHECKING:
@@ -89,15 +91,18 @@ class RateLimitStep(Step):
 
     def __init__(self, limit: int, length: int, by: str, headers: bool, node: WindowCounts,
                  redis: RedisCounter | None = None, fail: str = "local", timeout: float = 0.1,
-                 key_prefix: bytes = b"") -> None:
+                 key_prefix: bytes = b"", shared: SharedWindow | None = None) -> None:
         self.limit, self.length, self.by_consumer, self.headers = limit, length, by == "consumer", headers
         self.node = node  # the node counts, or (cluster scope) the local counts used while Redis is away
         self.redis, self.fail, self.timeout, self.key_prefix = redis, fail, timeout, key_prefix
         self.line = b"RateLimit-Limit: %d\r\nRateLimit-Remaining: %%d\r\nRateLimit-Reset: %%d\r\n" % limit
         self.message = f"rate limit exceeded: {limit} requests per {_describe(length)}"
         self.clock = time
+        self.shared = shared  # the workers' shared node counts (None: this process is the node)
         if redis is not None:
             self.request = self.cluster_request  # type: ignore[method-assign]
+        elif shared is not None:
+            self.request = self.shared_request  # type: ignore[method-assign]
 
     def __repr__(self) -> str:
         scope = f"cluster {self.redis!r} fail={self.fail}" if self.redis is not None else "node"
@@ -127,6 +132,21 @@ class RateLimitStep(Step):
         if n <= limit:
             return None
         return Answer(429, "rate_limited", self.message, [b"Retry-After: %d\r\n" % ((index + 1) * length - t)])
+
+    def node_hit(self, subject: Any, t: int) -> tuple[int, int]:
+        """Count one request in node scope: (its number in the window, seconds until the window ends)."""
+        length = self.length
+        index = t // length
+        shared = self.shared
+        if shared is not None:
+            end = (index + 1) * length
+            return shared.hit(subject, end, t), end - t
+        n, index = self.node.hit(subject, index)
+        return n, (index + 1) * length - t
+
+    def shared_request(self, ex: Exchange) -> Answer | None:
+        n, reset = self.node_hit(self.subject(ex), int(self.clock()))
+        return self.decide(ex, n, reset)
 
     def subject(self, ex: Exchange) -> Any:
         return ex.consumer or ex.client_ip if self.by_consumer else ex.client_ip
@@ -164,9 +184,7 @@ class RateLimitStep(Step):
         if fail == "closed":
             return Answer(503, "rate_limit_unavailable",
                           "the rate limit of this API cannot be checked right now", [b"Retry-After: 1\r\n"])
-        index = t // self.length
-        n, index = self.node.hit(self.subject(ex), index)
-        return self.decide(ex, n, (index + 1) * self.length - t)
+        return self.decide(ex, *self.node_hit(self.subject(ex), t))
 
 
 def _describe(length: int) -> str:
@@ -205,8 +223,11 @@ def build(policy: dict[str, Any], ctx: Context) -> Step:
     if not isinstance(headers, bool):
         raise ValueError(f"headers: expected true or false, got {headers!r}")
     node: WindowCounts = ctx.services.state(ctx.key("rate-limit", scope), WindowCounts)
+    table = ctx.services.node_table
+    shared = None if table is None else ctx.services.state(ctx.key("rate-limit", scope, "shared"),
+                                                           lambda: SharedWindow(table, ctx.key("rate-limit", scope)))
     if scope == "node":
-        return RateLimitStep(limit, length, by, headers, node)
+        return RateLimitStep(limit, length, by, headers, node, shared=shared)
     url = policy.get("redis_url")
     if not isinstance(url, str) or not url:
         raise ValueError("redis_url: required with scope 'cluster' (e.g. redis://127.0.0.1:6379/0)")
@@ -218,7 +239,7 @@ def build(policy: dict[str, Any], ctx: Context) -> Step:
     # the counting parameters name the counters, so every gateway with this policy shares them
     digest = hashlib.sha256(json.dumps([limit, length, by]).encode()).hexdigest()[:16]
     prefix = f"tandem:rl:{ctx.project['name']}:{digest}:".encode()
-    return RateLimitStep(limit, length, by, headers, node, redis, fail, float(timeout), prefix)
+    return RateLimitStep(limit, length, by, headers, node, redis, fail, float(timeout), prefix, shared)
 
 
 __all__ = ["RateLimitStep", "WindowCounts", "window_of"]
