@@ -183,7 +183,7 @@ class Exchange:
             body = a.body
         else:
             body = error_body(a.code, self.rid, a.message)
-            (self.project.stats if self.project is not None else self.cp.gw.unrouted).error(a.code)
+            self.count_error(a.code)
         head = [STATUS_LINES.get(status) or b"HTTP/1.1 %d Status\r\n" % status, b"Date: ", http_date(), b"\r\n"]
         if a.code is not None:
             head.append(b"Content-Type: application/json\r\n")
@@ -203,6 +203,10 @@ class Exchange:
         self.finish(close)
         if later:
             self.cp.flush()
+
+    def count_error(self, code: str) -> None:
+        """One of the gateway's own error answers, for tandem_gateway_errors_total (off the 2xx path)."""
+        (self.project.stats if self.project is not None else self.cp.gw.unrouted).error(code)
 
     def resend(self) -> None:
         """Send the request again (the retry policy, after its backoff): another target when one is up."""
@@ -484,7 +488,7 @@ class Exchange:
             return
         self.drop_upstream()
         self.status = status
-        (self.project.stats if self.project is not None else self.cp.gw.unrouted).error(code)
+        self.count_error(code)
         close = not self.keep_alive or not self.req_complete or self.cp.gw.draining
         self.cp.out.append(error_response(status, code, self.rid, message, close, self.is_head))
         self.resp_started = True
