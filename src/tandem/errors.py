@@ -53,6 +53,11 @@ class StoreError(TandemError):
     pass
 
 
+class NotDurable(StoreError):
+    """A committed write cannot be acknowledged: the passive may not have it and this
+    server cannot vouch for it (rule 4). The client gets 503 `not_durable`."""
+
+
 class StoreCorrupt(StoreError):
     pass
 

@@ -12,8 +12,8 @@ from tandem.ha.decide import Action, Decision, Observations, decide
 from tandem.ha.states import HOLDING, SERVING, IllegalTransition, State
 
 S, A = State, Action
-CC, RL, CS, OC, TA, CL, OS = (A.CLOSE_CLIENT, A.RELEASE_LOCK, A.CLOSE_STORE, A.OPEN_CLIENT, A.TRY_ACQUIRE,
-                              A.CLAIM, A.OPEN_STORE)
+CC, RL, CS, OC, TA, CL, OS, FP = (A.CLOSE_CLIENT, A.RELEASE_LOCK, A.CLOSE_STORE, A.OPEN_CLIENT,
+                                  A.TRY_ACQUIRE, A.CLAIM, A.OPEN_STORE, A.FAIL_PENDING)
 LOST = "lock lost: verification shows the LockFile is no longer ours"
 STALE = "lock not verified within the self-fence deadline"
 ISO_HOLD = "isolated: gateway machine unreachable, releasing the lock"
@@ -42,37 +42,37 @@ def obs(mode: str, state: State, **kw: Any) -> Observations:
 # (id, mode, state, observations, next state, actions, reason)
 CASES: list[tuple[str, str, State, dict[str, Any], State, tuple[Action, ...], str]] = [
     # ---- a holder that cannot prove the lock steps down: close client, then release (then close store)
-    ("sh-active-not-held", "shared", S.ACTIVE, {**HELD, "holds_lock": False}, S.PASSIVE, (CC, RL, CS), LOST),
-    ("sh-active-lock-lost", "shared", S.ACTIVE, {**HELD, "lock_lost": True}, S.PASSIVE, (CC, RL, CS), LOST),
-    ("sh-active-stale", "shared", S.ACTIVE, {**HELD, "lock_fresh": False}, S.PASSIVE, (CC, RL, CS), STALE),
-    ("sh-active-isolated", "shared", S.ACTIVE, {**HELD, "isolated": True}, S.PASSIVE, (CC, RL, CS), ISO_HOLD),
+    ("sh-active-not-held", "shared", S.ACTIVE, {**HELD, "holds_lock": False}, S.PASSIVE, (CC, FP, RL, CS), LOST),
+    ("sh-active-lock-lost", "shared", S.ACTIVE, {**HELD, "lock_lost": True}, S.PASSIVE, (CC, FP, RL, CS), LOST),
+    ("sh-active-stale", "shared", S.ACTIVE, {**HELD, "lock_fresh": False}, S.PASSIVE, (CC, FP, RL, CS), STALE),
+    ("sh-active-isolated", "shared", S.ACTIVE, {**HELD, "isolated": True}, S.PASSIVE, (CC, FP, RL, CS), ISO_HOLD),
     ("sh-active-higher-epoch", "shared", S.ACTIVE, {**HELD, "peer_serving_higher_epoch": True}, S.PASSIVE,
-     (CC, RL, CS), HIGHER),
+     (CC, FP, RL, CS), HIGHER),
     ("sh-active-port-closed-still-closes", "shared", S.ACTIVE, {**HELD, "client_open": False, "lock_lost": True},
-     S.PASSIVE, (CC, RL, CS), LOST),
+     S.PASSIVE, (CC, FP, RL, CS), LOST),
     ("sh-lost-beats-isolated", "shared", S.ACTIVE, {**HELD, "lock_lost": True, "isolated": True,
-                                                    "lock_fresh": False}, S.PASSIVE, (CC, RL, CS), LOST),
+                                                    "lock_fresh": False}, S.PASSIVE, (CC, FP, RL, CS), LOST),
     ("sh-stale-beats-isolated", "shared", S.ACTIVE, {**HELD, "lock_fresh": False, "isolated": True}, S.PASSIVE,
-     (CC, RL, CS), STALE),
-    ("sh-activating-lost", "shared", S.ACTIVATING, {**ACTV, "lock_lost": True}, S.PASSIVE, (RL, CS), LOST),
-    ("sh-activating-stale", "shared", S.ACTIVATING, {**ACTV, "lock_fresh": False}, S.PASSIVE, (RL, CS), STALE),
+     (CC, FP, RL, CS), STALE),
+    ("sh-activating-lost", "shared", S.ACTIVATING, {**ACTV, "lock_lost": True}, S.PASSIVE, (FP, RL, CS), LOST),
+    ("sh-activating-stale", "shared", S.ACTIVATING, {**ACTV, "lock_fresh": False}, S.PASSIVE, (FP, RL, CS), STALE),
     ("sh-activating-isolated-in-wait", "shared", S.ACTIVATING, {**ACTV, "takeover_elapsed": False,
-                                                                "isolated": True}, S.PASSIVE, (RL, CS), ISO_HOLD),
+                                                                "isolated": True}, S.PASSIVE, (FP, RL, CS), ISO_HOLD),
     ("sh-activating-higher-epoch", "shared", S.ACTIVATING, {**ACTV, "peer_serving_higher_epoch": True},
-     S.PASSIVE, (RL, CS), HIGHER),
-    ("re-active-lost-may", "replicated", S.ACTIVE, {**HELD, "lock_lost": True}, S.PASSIVE, (CC, RL), LOST),
+     S.PASSIVE, (FP, RL, CS), HIGHER),
+    ("re-active-lost-may", "replicated", S.ACTIVE, {**HELD, "lock_lost": True}, S.PASSIVE, (CC, FP, RL), LOST),
     ("re-standalone-lost-not-may", "replicated", S.STANDALONE, {**HELD, "lock_lost": True, "peer_alive": False,
-                                                                "may_activate": False}, S.WAITING, (CC, RL), LOST),
+                                                                "may_activate": False}, S.WAITING, (CC, FP, RL), LOST),
     ("re-activesync-stale", "replicated", S.ACTIVE_SYNC, {**HELD, "lock_fresh": False, "peer_syncing": True},
-     S.PASSIVE, (CC, RL), STALE),
+     S.PASSIVE, (CC, FP, RL), STALE),
     ("re-standalone-isolated", "replicated", S.STANDALONE, {**HELD, "isolated": True, "peer_alive": False},
-     S.PASSIVE, (CC, RL), ISO_HOLD),
+     S.PASSIVE, (CC, FP, RL), ISO_HOLD),
     ("re-active-higher-epoch-not-may", "replicated", S.ACTIVE, {**HELD, "peer_serving_higher_epoch": True,
-                                                                "may_activate": False}, S.WAITING, (CC, RL), HIGHER),
+                                                                "may_activate": False}, S.WAITING, (CC, FP, RL), HIGHER),
     ("re-activating-not-held-not-may", "replicated", S.ACTIVATING, {**ACTV, "holds_lock": False,
-                                                                    "may_activate": False}, S.WAITING, (RL,), LOST),
+                                                                    "may_activate": False}, S.WAITING, (FP, RL), LOST),
     ("re-stepdown-ignores-passive-syncing", "replicated", S.ACTIVE, {**HELD, "lock_lost": True,
-                                                                     "passive_syncing": True}, S.PASSIVE, (CC, RL), LOST),
+                                                                     "passive_syncing": True}, S.PASSIVE, (CC, FP, RL), LOST),
     # ---- Activating: wait out the takeover wait, then open the client port
     ("sh-activating-wait", "shared", S.ACTIVATING, {**ACTV, "takeover_elapsed": False}, S.ACTIVATING, (), WAIT),
     ("sh-activating-over", "shared", S.ACTIVATING, ACTV, S.ACTIVE, (OC,), OVER),
@@ -223,6 +223,10 @@ def test_decide_safety_properties(o: Observations) -> None:
         assert acts.index(CC) == 0 and OC not in acts
     if RL in acts and CS in acts:
         assert acts.index(RL) < acts.index(CS)
+    if RL in acts and o.state in HOLDING:  # a holder fails every pending ack before it releases
+        assert FP in acts and acts.index(FP) < acts.index(RL)
+    if FP in acts:
+        assert o.state in HOLDING and RL in acts and (CC not in acts or acts.index(CC) < acts.index(FP))
     if CL in acts:
         assert d.state == S.ACTIVATING and (OS not in acts or acts.index(CL) < acts.index(OS))
     client_after = (o.client_open and CC not in acts) or OC in acts

@@ -63,6 +63,11 @@ class Controller(ABC):
     def serving(self) -> bool:
         """True while this server serves clients (drives /ha/active)."""
 
+    async def durable(self, lsn: int, epoch: int) -> None:
+        """Return once the write at (`epoch`, `lsn`) may be acknowledged to a client; raise
+        NotDurable when it may not (rule 4). A server without a peer: at once."""
+        return None
+
     def healthy(self) -> bool:
         """False when the controller's loop is stuck: the watchdog then stops hearing from us."""
         return True

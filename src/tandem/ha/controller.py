@@ -19,7 +19,7 @@ from typing import Any
 from tandem.errors import AuthError, LockError, PeerError, StoreError, TandemError
 from tandem.ha.backchannel import AUTH_HEADER, PeerClient, PeerView, sign, verify
 from tandem.ha.base import Controller, ServerOps
-from tandem.ha.decide import Action, Observations, decide
+from tandem.ha.decide import Action, Observations, decide, step_down_actions
 from tandem.ha.lockfile import LockFile, LockRecord, check_lockfile
 from tandem.ha.probe import Probe
 from tandem.ha.replication import NoReplication, Replication
@@ -63,6 +63,7 @@ class HAController(Controller):
         self.claimed = False
         self.last_verified = float("-inf")
         self.lock_lost = False
+        self.stepping_down = False  # from the first step-down action until the release
         self.acquired_at: float | None = None
         self.skip_takeover_wait = False
         self.next_attempt = 0.0
@@ -76,6 +77,7 @@ class HAController(Controller):
         self.wake = asyncio.Event()
         self.cycle_lock = asyncio.Lock()
         self.tasks: list[asyncio.Task[None]] = []
+        self.announcing: asyncio.Task[None] | None = None
         self._verifier_stop = threading.Event()
 
     def __repr__(self) -> str:
@@ -127,6 +129,20 @@ class HAController(Controller):
                                        and self.peer.epoch > self.lock.record.epoch and self.claimed),
             store_open=self.ops.store is not None)
 
+    def holds_verified_lock(self) -> bool:
+        """May this server vouch for a write (rule 4) or change the LockFile's in-sync set?
+        Only while serving, not stepping down, with the lock held, claimed and verified
+        within the self-fence deadline, the record naming us."""
+        return (self.state in SERVING and not self.stepping_down and self.lock_fresh()
+                and self.lock.record.holder == self.name)
+
+    def standby_state(self) -> State:
+        """Where this server rests after stepping down."""
+        return State.PASSIVE if self.mode == "shared" or self.may_activate() else State.WAITING
+
+    async def durable(self, lsn: int, epoch: int) -> None:
+        await self.replication.wait_durable(lsn, epoch)
+
     @property
     def serving(self) -> bool:
         """Rule 1: serving state, lock held and verified within the self-fence deadline, port open."""
@@ -139,11 +155,17 @@ class HAController(Controller):
     async def run_cycle(self) -> str:
         async with self.cycle_lock:
             d = decide(self.observe())
+            if Action.OPEN_CLIENT in d.actions and d.state != self.state:
+                # the state says serving before the port accepts: a request on a connection
+                # the port accepted is served, not turned away as not_active (SPEC section 3)
+                self._set_state(d.state, d.reason)
             for action in d.actions:
                 await asyncio.shield(self._act(action))
                 if action in (Action.CLAIM, Action.OPEN_STORE, Action.OPEN_CLIENT) and not self.lock.held:
-                    break  # the action failed and stepped down; the next cycle decides again
-            if d.state != self.state and (self.lock.held or d.state not in HOLDING):
+                    break  # the action failed and stepped down
+            if self.state in HOLDING and not self.lock.held:
+                self._set_state(self.standby_state(), "activation aborted")
+            elif d.state != self.state and (self.lock.held or d.state not in HOLDING):
                 self._set_state(d.state, d.reason)
             self.last_cycle = time.monotonic()
             self.last_reason = d.reason
@@ -159,7 +181,9 @@ class HAController(Controller):
         self.hold_off_until = time.monotonic() + seconds
         self.hold_off_reason = reason
 
-    async def _act(self, action: Action) -> None:
+    async def _act(self, action: Action, drain: float = 0.0) -> None:
+        """One action. `drain` is how long in-flight requests may finish when the client
+        port closes (0 in the cycle: a server that cannot prove its lock stops at once)."""
         if action is Action.TRY_ACQUIRE:
             self.next_attempt = time.monotonic() + self.cfg.LockRetryInterval / 1000
             try:
@@ -183,12 +207,17 @@ class HAController(Controller):
             except (OSError, RuntimeError, TandemError) as exc:
                 await self._abort_activation(f"cannot open the client port: {exc}")
         elif action is Action.CLOSE_CLIENT:
-            await self.ops.deactivate(drain_timeout=0.0)
+            if self.lock.held:
+                self.stepping_down = True
+            await self.ops.deactivate(drain_timeout=drain)
+        elif action is Action.FAIL_PENDING:
+            self.stepping_down = True
+            self.replication.fail_pending()
         elif action is Action.RELEASE_LOCK:
             released = self.lock.record.epoch if self.claimed else None
             self._release()
             if released is not None:  # we stopped serving first: the peer need not wait
-                asyncio.get_running_loop().create_task(self._announce_release(released))
+                self.announcing = asyncio.get_running_loop().create_task(self._announce_release(released))
         elif action is Action.CLOSE_STORE:
             self.ops.close_store()
 
@@ -260,17 +289,21 @@ class HAController(Controller):
             return True, "nobody has held the lock before"
         return False, ""
 
+    async def _stand_down(self, drain: float) -> None:
+        """Step down now, outside the cycle's decision (switchover, failed activation,
+        shutdown): the same sequence the cycle uses (`step_down_actions`)."""
+        for action in step_down_actions(self.mode, client_open=True):
+            await asyncio.shield(self._act(action, drain))
+
     async def _abort_activation(self, why: str) -> None:
         self.ops.console(f"HA  activation aborted: {why}")
-        await self.ops.deactivate(drain_timeout=0.0)
-        self._release()
-        if self.mode == "shared":
-            self.ops.close_store()
+        await self._stand_down(0.0)
         self._hold_off(3.0, f"backing off after a failed activation: {why}")
 
     def _release(self) -> None:
         self.lock.release()
         self.claimed, self.acquired_at, self.lock_lost = False, None, False
+        self.stepping_down = False  # the lock is gone: nothing can be vouched for anyway
         self.skip_takeover_wait = False
         self.next_attempt = time.monotonic() + self.cfg.LockRetryInterval / 1000
         if time.monotonic() >= self.hold_off_until:
@@ -422,12 +455,17 @@ class HAController(Controller):
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         async with self.cycle_lock:
-            await self.ops.deactivate(drain_timeout=5.0)  # stop serving first (graceful: drain)
+            if self.state in HOLDING:
+                await self._stand_down(5.0)  # stop serving first (graceful: drain), then release
+            else:
+                await self.ops.deactivate(drain_timeout=5.0)
             self.lock.close()
             if self.mode == "shared":
                 self.ops.close_store()
             old, self.state, self.since = self.state, State.STOPPED, time.time()
             self.ops.console(f"HA  {old} -> {self.state}  epoch={self.epoch}  reason=server stopping")
+        if self.announcing is not None:  # let the peer know it need not wait (bounded: 1 s)
+            await asyncio.gather(self.announcing, return_exceptions=True)
         await self.replication.close()
         await self.peer_client.close()
 
@@ -507,13 +545,9 @@ class HAController(Controller):
                                                                        "refusing a switchover"}, 409)
             epoch = self.lock.record.epoch
             self._hold_off(HOLD_OFF_AFTER_SWITCHOVER, "switchover: the peer takes over")
-            await self.ops.deactivate(drain_timeout=2.0)
-            self._release()
+            await self._stand_down(2.0)
             self._hold_off(HOLD_OFF_AFTER_SWITCHOVER, "switchover: the peer takes over")
-            if self.mode == "shared":
-                self.ops.close_store()
-            self._set_state(State.PASSIVE if self.may_activate() or self.mode == "shared" else State.WAITING,
-                            "switchover requested by operator")
+            self._set_state(self.standby_state(), "switchover requested by operator")
         try:
             await self.peer_client.post("/ha/peer/takeover", {"epoch": epoch}, timeout=2.0)
         except PeerError as exc:

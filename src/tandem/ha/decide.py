@@ -28,6 +28,7 @@ class Action(StrEnum):
     OPEN_STORE = "open_store"
     OPEN_CLIENT = "open_client"
     CLOSE_CLIENT = "close_client"
+    FAIL_PENDING = "fail_pending"  # every write still waiting for an ack is refused unless the peer has it
     RELEASE_LOCK = "release_lock"
     CLOSE_STORE = "close_store"
 
@@ -81,12 +82,20 @@ def _serving_state(o: Observations) -> State:
     return State.ACTIVE if o.peer_alive else State.STANDALONE
 
 
-def _step_down(o: Observations, reason: str) -> Decision:
-    actions = [Action.CLOSE_CLIENT] if o.client_open or o.state in SERVING else []
-    actions.append(Action.RELEASE_LOCK)
-    if o.mode == "shared":
+def step_down_actions(mode: str, client_open: bool) -> tuple[Action, ...]:
+    """The one step-down sequence, for every cause (lost lock, isolation, switchover,
+    failed activation, shutdown): stop accepting, fail every pending acknowledgement,
+    then release (then, shared mode, close the store)."""
+    actions = [Action.CLOSE_CLIENT] if client_open else []
+    actions += [Action.FAIL_PENDING, Action.RELEASE_LOCK]
+    if mode == "shared":
         actions.append(Action.CLOSE_STORE)
-    return Decision(_standby(o, leaving_hold=True), tuple(actions), reason)
+    return tuple(actions)
+
+
+def _step_down(o: Observations, reason: str) -> Decision:
+    return Decision(_standby(o, leaving_hold=True),
+                    step_down_actions(o.mode, o.client_open or o.state in SERVING), reason)
 
 
 def _decide(o: Observations) -> Decision:

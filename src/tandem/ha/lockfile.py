@@ -175,12 +175,21 @@ class LockFile:
         self._claimed = True
         return rec.epoch
 
-    def _set_in_sync(self, in_sync: list[str]) -> None:
+    def _set_in_sync(self, in_sync: list[str], epoch: int) -> None:
+        # checked on the LockFile thread, right before the write: a release queued (or
+        # begun) since the caller decided, or another epoch, means the record is no
+        # longer ours to change; a peer may be reading it to decide whether to activate
+        if self.fd is None or not self._claimed or self._releasing:
+            raise LockError("the lock is no longer held: in-sync set not changed")
+        if self.record.epoch != epoch:
+            raise LockError(f"the lock is at epoch {self.record.epoch}, not {epoch}: in-sync set not changed")
         self._write(LockRecord(**{**self.record.__dict__, "in_sync": list(in_sync), "verified_at": time.time()}))
 
-    async def set_in_sync(self, in_sync: list[str]) -> None:
-        """Record who is in sync (rule 5). Raises (TimeoutError, OSError) when it could not."""
-        await self._run(self._set_in_sync, in_sync)
+    async def set_in_sync(self, in_sync: list[str], epoch: int) -> None:
+        """Record who is in sync (rule 5), only while we hold the claimed lock at `epoch`.
+        Raises LockError when the lock is no longer ours (releasing, or another epoch),
+        TimeoutError or OSError when the write could not finish."""
+        await self._run(self._set_in_sync, in_sync, epoch)
 
     # ---- verification ----
     def _verify(self) -> str | None:

@@ -27,6 +27,13 @@ class Replication:
     async def on_state(self, state: str, epoch: int) -> None:
         """Told after every state change."""
 
+    async def wait_durable(self, lsn: int, epoch: int) -> None:
+        """Return once the write at (`epoch`, `lsn`) may be acknowledged to a client; raise
+        NotDurable when it may not (rule 4). Without replication a commit is durable."""
+
+    def fail_pending(self) -> None:
+        """Step-down: no write still waiting may be acknowledged unless the peer has it."""
+
     def routes(self) -> dict[tuple[str, str], Any]:
         return {}
 

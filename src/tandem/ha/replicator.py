@@ -31,7 +31,9 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from tandem.errors import ChangeRejected, PeerError, StoreError, TandemError
+from tandem.errors import ChangeRejected, LockError, NotDurable, PeerError, StoreError, TandemError
+from tandem.ha.durability import AckObservations, Verdict, may_acknowledge
+from tandem.ha.lockfile import LockRecord
 from tandem.ha.replication import Replication
 from tandem.ha.states import HOLDING, SERVING
 from tandem.server.httpmini import Request, Response
@@ -63,6 +65,8 @@ class Replicator(Replication):
         self.catchup_until = 0.0
         self.last_error = ""
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._record_lock = asyncio.Lock()  # one change of the in-sync set at a time
+        self._recording = False  # a write naming the peer in sync is under way
 
     def __repr__(self) -> str:
         return (f"<Replicator {self.ctl.name} {'sync' if self.sync else 'async'} acked={self.acked_lsn} "
@@ -126,11 +130,17 @@ class Replicator(Replication):
             if self.task is None:
                 self.in_sync, self.catching_up, self.acked_lsn = False, False, 0
                 self.task = asyncio.create_task(self._run())
-        elif self.task is not None:
+        else:
+            self.fail_pending()
+
+    def fail_pending(self) -> None:
+        """Step-down: end the session and wake every write waiting for an ack; from now
+        on a write the peer has not acked is refused (never acknowledged without it)."""
+        if self.task is not None:
             self.task.cancel()
             self.task = None
-            self.in_sync = self.catching_up = False
-            self._release_waiters(StoreError("no longer active"))
+        self.in_sync = self.catching_up = False
+        self._wake_waiters()
 
     async def close(self) -> None:
         if self.task is not None:
@@ -138,23 +148,41 @@ class Replicator(Replication):
             self.task = None
 
     # ---- durability of acknowledged writes ----
-    async def wait_durable(self, lsn: int) -> None:
-        """Return once the write at `lsn` may be acknowledged to a client (rule 4).
-        Async mode acknowledges at once, except while the LockFile still names a peer
-        we know is dead: that peer is first recorded out of sync, so a write acknowledged
-        while we serve alone always leaves the peer `Waiting` (rule 5)."""
-        if not self.sync:
-            if self.in_sync and not self.ctl.peer_alive():
-                await self._drop_peer("peer dead")
-            return
-        if not self.in_sync or self.acked_lsn >= lsn:
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.waiters.append((lsn, fut))
-        try:
-            await asyncio.wait_for(asyncio.shield(fut), self.ctl.cfg.peer_dead_after / 1000)
-        except TimeoutError:
-            await self._drop_peer(f"peer did not acknowledge lsn {lsn} within {self.ctl.cfg.peer_dead_after} ms")
+    def _ack_observations(self, lsn: int, epoch: int, timed_out: bool) -> AckObservations:
+        ctl = self.ctl
+        rec = ctl.lock.record
+        return AckObservations(
+            sync=self.sync, peer_acked=self.acked_lsn >= lsn, streaming=self.in_sync and self.task is not None,
+            peer_alive=ctl.peer_alive(), timed_out=timed_out, holds_verified=ctl.holds_verified_lock(),
+            lock_epoch=rec.epoch, write_epoch=epoch, peer_in_record=self._recording or self._peer_named(rec))
+
+    def _peer_named(self, rec: LockRecord) -> bool:
+        return any(n != self.ctl.name for n in rec.in_sync)
+
+    async def wait_durable(self, lsn: int, epoch: int) -> None:
+        """Return once the write at (`epoch`, `lsn`) may be acknowledged to a client;
+        raise NotDurable when it may not (rule 4). `may_acknowledge` decides; this only
+        carries out its verdicts: wait for the peer's ack (at most the peer timeout),
+        record the peer out of sync, answer."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.ctl.cfg.peer_dead_after / 1000
+        timed_out = False
+        while True:
+            verdict, why = may_acknowledge(self._ack_observations(lsn, epoch, timed_out))
+            if verdict is Verdict.ACK:
+                return
+            if verdict is Verdict.REFUSE:
+                raise NotDurable(f"write at lsn {lsn} not acknowledged: {why}")
+            if verdict is Verdict.DROP_PEER:
+                await self._drop_peer(f"{why} (lsn {lsn})")
+                continue
+            fut: asyncio.Future[None] = loop.create_future()
+            self.waiters.append((lsn, fut))
+            try:
+                await asyncio.wait_for(asyncio.shield(fut), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                timed_out = True
+                self.waiters = [w for w in self.waiters if w[1] is not fut]
 
     def _acked(self, lsn: int) -> None:
         self.acked_lsn = lsn
@@ -167,25 +195,36 @@ class Replicator(Replication):
                 keep.append((want, fut))
         self.waiters = keep
 
-    def _release_waiters(self, exc: Exception | None = None) -> None:
+    def _wake_waiters(self) -> None:
+        """Every waiting write asks `may_acknowledge` again (the session or the record changed)."""
         for _, fut in self.waiters:
             if not fut.done():
-                if exc is None:
-                    fut.set_result(None)
-                else:
-                    fut.set_exception(exc)
+                fut.set_result(None)
         self.waiters = []
 
     async def _drop_peer(self, why: str) -> None:
-        """The peer is no longer in sync: record it in the LockFile *before* any
-        further acknowledgement. If the record cannot be written, nothing is acked."""
-        if not self.in_sync:
-            return
-        await self.ctl.lock.set_in_sync([self.ctl.name])
-        self.in_sync = False
-        self.ctl.ops.console(f"REPL  peer out of sync: {why}; writes now acknowledged without it")
-        self._release_waiters()
-        self.ctl.wake.set()
+        """Record in the LockFile that the peer is not in sync, *before* any write is
+        acknowledged without it. Only a server holding a verified lock may change the
+        record (a stepping-down or stalled one would block its own handover: the peer
+        would read itself out of sync and wait). Raises NotDurable when it may not or
+        the write fails: nothing is acknowledged then."""
+        async with self._record_lock:
+            ctl = self.ctl
+            rec = ctl.lock.record
+            if not self._peer_named(rec):
+                return  # already recorded
+            if not ctl.holds_verified_lock():
+                raise NotDurable(f"cannot record the peer out of sync ({why}): this server does not hold "
+                                 "a verified lock")
+            try:
+                await ctl.lock.set_in_sync([ctl.name], rec.epoch)
+            except (TimeoutError, OSError, LockError) as exc:
+                raise NotDurable(f"cannot record the peer out of sync ({why}): "
+                                 f"{exc or type(exc).__name__}") from exc
+            self.in_sync = False
+            ctl.ops.console(f"REPL  peer out of sync: {why}; writes now acknowledged without it")
+            self._wake_waiters()
+            ctl.wake.set()
 
     # ---- active side ----
     async def _run(self) -> None:
@@ -194,16 +233,19 @@ class Replicator(Replication):
                 await self._session()
             except asyncio.CancelledError:
                 raise
-            except (PeerError, Resync, StoreError, ValueError, KeyError) as exc:
+            except (TandemError, TimeoutError, OSError, ValueError, KeyError) as exc:
                 msg = str(exc) or type(exc).__name__
                 if msg != self.last_error:
                     log.warning("replication session ended: %s", msg)
                     self.last_error = msg
             self.catching_up = False
-            try:
-                await self._drop_peer("replication session ended")
-            except (TimeoutError, OSError, TandemError) as exc:
-                log.error("cannot record the peer out of sync in the LockFile: %s", exc)
+            self.in_sync = False  # nothing streams now: a write waits no more, the record decides
+            self._wake_waiters()
+            if self.ctl.holds_verified_lock():
+                try:
+                    await self._drop_peer("replication session ended")
+                except NotDurable as exc:
+                    log.error("%s", exc)
             await asyncio.sleep(self.ctl.cfg.HeartbeatInterval / 1000)
 
     async def _post(self, path: str, payload: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
@@ -261,7 +303,7 @@ class Replicator(Replication):
                 if not self.in_sync:
                     self.in_sync = True  # from now on every new write waits for the peer...
                     continue  # ...and whatever was committed meanwhile is shipped first
-                await self.ctl.lock.set_in_sync([self.ctl.name, str(hello.get("server", ""))])
+                await self._record_peer_in_sync(str(hello.get("server", "")))
                 recorded = True
                 if self.catching_up:  # tell the passive the catch-up is over (PassiveSync -> Passive now)
                     await self._post("/ha/repl/frames", {"changes": [], "catchup": False}, timeout=2.0)
@@ -276,6 +318,18 @@ class Replicator(Replication):
                     await asyncio.wait_for(self.kick.wait(), self.ctl.cfg.HeartbeatInterval / 1000)
                 except TimeoutError:
                     pass
+
+    async def _record_peer_in_sync(self, peer: str) -> None:
+        """Name the peer in sync in the LockFile. While the write is under way a write
+        the peer has not acked counts as if the record named it already (it soon may)."""
+        async with self._record_lock:
+            if not self.ctl.holds_verified_lock():
+                raise Resync("no verified lock: the peer is not recorded in sync")
+            self._recording = True
+            try:
+                await self.ctl.lock.set_in_sync([self.ctl.name, peer], self.ctl.lock.record.epoch)
+            finally:
+                self._recording = False
 
     async def _send_snapshot(self, diverged: bool) -> int:
         self.catching_up = True

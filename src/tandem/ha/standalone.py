@@ -14,8 +14,12 @@ class StandaloneController(Controller):
 
     async def start(self) -> None:
         self.ops.open_store()
-        await self.ops.activate()
-        self.state, self.since = "Standalone", time.time()
+        self.state, self.since = "Standalone", time.time()  # before the port accepts: see SPEC section 3
+        try:
+            await self.ops.activate()
+        except BaseException:
+            self.state = "Starting"
+            raise
         self.ops.console("HA  Starting -> Standalone  epoch=0  reason=no HA configured (Type none)")
 
     async def stop(self) -> None:

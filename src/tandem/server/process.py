@@ -23,7 +23,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from tandem.config.model import Profile
-from tandem.errors import ServerError, StoreError
+from tandem.errors import NotDurable, ServerError, StoreError
 from tandem.ha.base import Controller
 from tandem.server.httpmini import MiniHTTPServer, Request, Response
 from tandem.server.pidlock import PidLock
@@ -106,9 +106,10 @@ class ServerProcess:
 
     async def durable(self) -> None:
         """Wait until everything committed so far may be acknowledged (rule 4)."""
-        wait = getattr(self.controller, "replication", None)
-        if wait is not None and self.store is not None and hasattr(wait, "wait_durable"):
-            await wait.wait_durable(self.store.last_lsn())
+        store = self.store
+        if store is None:
+            raise NotDurable("the store is closed: this server no longer serves")
+        await self.controller.durable(store.last_lsn(), store.epoch)
 
     async def activate(self) -> None:
         if not self.client.serving:

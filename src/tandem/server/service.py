@@ -115,16 +115,23 @@ class ASGIService(ClientService):
         # the server process owns signals: uvicorn must neither install handlers nor
         # re-raise a captured signal when it shuts down (that would look like a second SIGTERM)
         self._server.capture_signals = contextlib.nullcontext
-        self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]))
-        deadline = asyncio.get_running_loop().time() + 5
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()
-                raise RuntimeError("client service exited during start")
-            if asyncio.get_running_loop().time() > deadline:
-                raise RuntimeError("client service did not start within 5 s")
-            await asyncio.sleep(0.005)
+        # serving from the moment the socket listens: the kernel accepts connections from
+        # then on, and a request on one of them is answered, never turned away (SPEC section 3)
         self.serving = True
+        try:
+            self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]))
+            deadline = asyncio.get_running_loop().time() + 5
+            while not self._server.started:
+                if self._task.done():
+                    self._task.result()
+                    raise RuntimeError("client service exited during start")
+                if asyncio.get_running_loop().time() > deadline:
+                    raise RuntimeError("client service did not start within 5 s")
+                await asyncio.sleep(0.005)
+        except BaseException:
+            self.serving = False
+            sock.close()
+            raise
 
     async def stop(self, drain_timeout: float) -> None:
         self.serving = False
