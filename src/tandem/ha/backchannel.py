@@ -106,6 +106,11 @@ class PeerClient:
             raise PeerError(f"peer {self.base} unreachable: {type(exc).__name__}") from exc
         except httpx.HTTPError as exc:
             raise PeerError(f"peer {self.base} unreachable: {type(exc).__name__}") from exc
+        except AttributeError as exc:
+            # a connection reset right after it was made (a firewall's REJECT): under uvloop
+            # anyio's stream loses its socket and httpcore's first look at it fails with
+            # "'NoneType' object has no attribute 'getpeername'". It is a reset like any other.
+            raise PeerError(f"peer {self.base} unreachable: connection reset") from exc
         if r.status_code == 401:
             raise AuthError(f"peer {self.base} refused our frame: {r.text[:100]}")
         if r.status_code != 200:
