@@ -125,3 +125,24 @@ def test_io_timeout_is_enforced(lockpath: Path) -> None:
         run(lf._run(time.sleep, 0.5))  # a hung share: the caller is not held hostage
     assert time.monotonic() - t0 < 0.3
     lf.close()
+
+
+def test_in_sync_set_changes_only_under_the_claimed_lock_at_its_epoch(lockpath: Path) -> None:
+    """A server stepping down must not change who is in sync: a record written after
+    the release was decided would leave the peer reading itself out of sync (Waiting)."""
+    from tandem.errors import LockError
+
+    async def scenario() -> None:
+        lf = LockFile(str(lockpath), "a", 1.0)
+        assert await lf.try_lock()
+        epoch = await lf.claim(["a", "b"])
+        with pytest.raises(LockError, match="epoch"):
+            await lf.set_in_sync(["a"], epoch - 1)
+        await lf.set_in_sync(["a", "b"], epoch)  # the holder at its epoch may
+        lf.release()  # the release is queued (maybe not done yet): the record is no longer ours
+        with pytest.raises(LockError, match="no longer held"):
+            await lf.set_in_sync(["a"], epoch)
+        lf.close()
+
+    run(scenario())
+    assert json.loads(lockpath.read_text())["in_sync"] == ["a", "b"]
