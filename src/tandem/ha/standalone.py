@@ -29,7 +29,7 @@ class StandaloneController(Controller):
 
     @property
     def serving(self) -> bool:
-        return self.state == "Standalone"
+        return self.state == "Standalone" and self.ops.client_open
 
     def status(self) -> dict[str, Any]:
         return {"type": "none", "role": self.ops.profile.ha.Role, "state": self.state, "epoch": 0,
