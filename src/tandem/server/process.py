@@ -113,11 +113,13 @@ class ServerProcess:
 
     async def activate(self) -> None:
         if not self.client.serving:
-            await self.client.start()
             if self.profile.mode == "AMS":
                 from tandem.ams import bootstrap
 
-                bootstrap(self)  # admin token on first start; resume deployments a dead active left
+                # before the port opens (ready to answer): admin token on first start;
+                # resume deployments a dead active left (the worker waits until we serve)
+                bootstrap(self)
+            await self.client.start()
 
     async def deactivate(self, drain_timeout: float) -> None:
         if self.client.serving:
