@@ -60,9 +60,10 @@ def create_app(server: ServerProcess | Any) -> FastAPI:
 
 
 def bootstrap(server: ServerProcess | Any) -> None:
-    """Call on activation (store open, before the client port opens): create the admin token if the store has
-    none and start the deployment worker, so a deployment the previous active left
-    pending resumes without waiting for a request. Idempotent; call from the event loop."""
+    """Call on activation (store open, before the client port opens): create the admin
+    token if the store has none and start the deployment worker, so a deployment the
+    previous active left pending resumes without waiting for a request. Idempotent;
+    call from the event loop."""
     svc = _SERVICES.get(id(server))
     if svc is None:
         return
