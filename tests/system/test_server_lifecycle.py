@@ -111,3 +111,36 @@ def test_bad_profile_input_exits_2_one_line(home: Home) -> None:
     assert r.returncode == 2 and "nosuch" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = run_cli(home.path, "server", "-mode", "XYZ", "-profile", "server1", "-nobackground")
     assert r.returncode == 2
+
+
+def test_supervisor_retries_a_restart_refused_while_the_lockfile_share_is_gone(home: Home) -> None:
+    """The watchdog kills a hung server while the LockFile's folder is away (an unmounted
+    share): the restarted server refuses to start (exit 2, rule 8). That must not end the
+    supervisor: it retries, and once the folder is back a server runs again. A first start
+    with the folder missing still fails at once (exit 2, one clear line)."""
+    r = run_cli(home.path, "server", "-mode", "AMS", "-profile", "haprofile1/primary")
+    assert r.returncode == 0, r.stderr
+    srv = home.server("haprofile1/primary/AMS")
+    run_dir = srv.prof.run_dir
+    share = home.lockfile("haprofile1", "AMS").parent
+    away = share.with_name(share.name + ".away")
+    try:
+        old = wait_for(lambda: running_pid(run_dir / "server.pid"), 15, "server running")
+        srv.wait_state("Standalone", "Active", timeout=15)
+        share.rename(away)
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: "refused to restart" in (run_dir / "server.log").read_text(), 15, "a refused restart")
+        assert running_pid(run_dir / "supervisor.pid"), "the supervisor must keep trying"
+        away.rename(share)
+        st = srv.wait_state("Standalone", "Active", timeout=20)
+        assert st["pid"] != old
+    finally:
+        if away.exists() and not share.exists():
+            away.rename(share)
+        run_cli(home.path, "server", "stop", "-mode", "AMS", "-profile", "haprofile1/primary")
+    share.rename(away)
+    try:
+        first = run_cli(home.path, "server", "-mode", "AMS", "-profile", "haprofile1/primary")
+    finally:
+        away.rename(share)
+    assert first.returncode == 2 and "does not exist" in first.stderr, first

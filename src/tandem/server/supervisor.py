@@ -9,6 +9,14 @@ short backoff and comes back passive; one that exits 0 (a requested stop)
 ends the supervisor. Restarts are bounded: more than MAX_RESTARTS within
 RESTART_WINDOW s and the supervisor gives up, saying so.
 
+Exit 2 means the server refused to start (bad configuration, or rule 8: the
+LockFile or its folder is missing). On the first start that ends the
+supervisor: the operator sees the error. A server that has run before and
+refuses to *restart* is retried with a growing backoff (up to RETRY_MAX s),
+not counted against the restart budget: a share that is briefly unmounted
+when the watchdog restarts a hung server must not leave the pair one server
+short for good.
+
 Run as `python -m tandem.server.supervisor --pidfile F --watchdog-ms N -- CMD...`.
 """
 
@@ -28,6 +36,7 @@ from tandem.server.pidlock import PidLock
 
 MAX_RESTARTS = 5
 RESTART_WINDOW = 60.0
+RETRY_MAX = 5.0
 STOP_GRACE = 15.0
 
 
@@ -57,15 +66,15 @@ class Supervisor:
         say(f"started server pid {self.child.pid}")
         return rfd
 
-    def _watch(self, rfd: int) -> int:
-        """Watch one child until it exits; returns its exit code."""
+    def _watch(self, rfd: int) -> tuple[int, bool]:
+        """Watch one child until it exits; returns its exit code and whether it ever reported."""
         assert self.child is not None
         last = time.monotonic()
         heard = False
         while True:
             code = self.child.poll()
             if code is not None:
-                return code
+                return code, heard
             ready, _, _ = select.select([rfd], [], [], 0.05)
             if ready:
                 if os.read(rfd, 4096):
@@ -78,7 +87,7 @@ class Supervisor:
                     f"(timeout {self.timeout * 1000:.0f} ms): killing it")
                 self.child.kill()
                 self.child.wait()
-                return -signal.SIGKILL
+                return -signal.SIGKILL, heard
             if self.stop_requested and silent > STOP_GRACE:
                 say(f"server pid {self.child.pid} did not stop within {STOP_GRACE:.0f} s: killing it")
                 self.child.kill()
@@ -87,25 +96,36 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
         restarts: list[float] = []
+        ran = False  # the server has started and reported at least once
+        retry = 0.0
         while True:
             rfd = self._spawn()
             try:
-                code = self._watch(rfd)
+                code, heard = self._watch(rfd)
             finally:
                 os.close(rfd)
+            ran = ran or heard
             if self.stop_requested or code == 0:
                 say(f"server exited with code {code}; supervisor done")
                 return 0 if code == 0 else code
-            if code == 2:
+            if code == 2 and not ran:
                 say("server refused to start (exit 2, bad configuration): not restarting")
                 return 2
-            now = time.monotonic()
-            restarts = [t for t in restarts if now - t < RESTART_WINDOW] + [now]
-            if len(restarts) > MAX_RESTARTS:
-                say(f"server died {len(restarts)} times within {RESTART_WINDOW:.0f} s: giving up")
-                return 1
-            say(f"server exited with code {code}: restarting in 0.5 s")
-            deadline = time.monotonic() + 0.5
+            if code == 2:
+                retry = min(RETRY_MAX, retry * 2 or 0.5)
+                say(f"server refused to restart (exit 2; its last lines say why, e.g. the LockFile's share "
+                    f"is not mounted): retrying in {retry:.1f} s")
+                delay = retry
+            else:
+                retry = 0.0
+                now = time.monotonic()
+                restarts = [t for t in restarts if now - t < RESTART_WINDOW] + [now]
+                if len(restarts) > MAX_RESTARTS:
+                    say(f"server died {len(restarts)} times within {RESTART_WINDOW:.0f} s: giving up")
+                    return 1
+                say(f"server exited with code {code}: restarting in 0.5 s")
+                delay = 0.5
+            deadline = time.monotonic() + delay
             while time.monotonic() < deadline and not self.stop_requested:
                 time.sleep(0.05)
             if self.stop_requested:
