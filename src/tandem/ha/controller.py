@@ -74,6 +74,7 @@ class HAController(Controller):
         self.last_cycle = time.monotonic()
         self.last_reason = ""
         self.peer_error = ""
+        self.lock_error = ""  # the LockFile problem last logged ("" while it answers)
         self.wake = asyncio.Event()
         self.cycle_lock = asyncio.Lock()
         self.tasks: list[asyncio.Task[None]] = []
@@ -189,8 +190,9 @@ class HAController(Controller):
             try:
                 if await self.lock.try_lock():
                     self.wake.set()  # claim at once, not a tick later
+                self._lock_problem("")
             except (TimeoutError, OSError, LockError) as exc:
-                log.warning("lock attempt on %s failed: %s", self.lock.path, exc or type(exc).__name__)
+                self._lock_problem(f"lock attempt on {self.lock.path} failed: {exc or type(exc).__name__}")
             self.epoch = max(self.epoch, self.lock.record.epoch)
         elif action is Action.CLAIM:
             await self._claim()
@@ -346,8 +348,9 @@ class HAController(Controller):
                     self.epoch = max(self.epoch, self.lock.record.epoch)
                     if self.may_activate() != before:
                         self.wake.set()
+                    self._lock_problem("")
                 except (TimeoutError, OSError, LockError) as exc:
-                    log.warning("reading the LockFile failed: %s", exc or type(exc).__name__)
+                    self._lock_problem(f"reading the LockFile failed: {exc or type(exc).__name__}")
             return
 
     def _verifier(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -404,6 +407,16 @@ class HAController(Controller):
             self.hold_off_until = 0.0  # the peer already serves: there is no tie to break
         if not was_alive or (self.peer.serving and self.state in HOLDING):
             self.wake.set()
+
+    def _lock_problem(self, msg: str) -> None:
+        """Log a LockFile problem once, not at every 50 ms attempt; "" when it works again."""
+        if msg == self.lock_error:
+            return
+        if msg:
+            log.warning("%s", msg)
+        else:
+            log.info("the LockFile %s answers again", self.lock.path)
+        self.lock_error = msg
 
     def _peer_problem(self, msg: str) -> None:
         if msg != self.peer_error:
