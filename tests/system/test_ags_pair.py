@@ -56,3 +56,38 @@ def test_ags_pair_serves_replicated_config_after_failover_with_ams_down(home: Ho
         finally:
             watcher.stop()
         watcher.check()
+
+
+def children(pid: int) -> set[int]:
+    """Live child processes of `pid` (from /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+def test_passive_gateway_keeps_warm_workers_that_listen_only_once_active(home: Home) -> None:
+    """A passive AGS with Workers = 2 has its worker processes started (imported, waiting)
+    but its client port refuses connections; on failover the new active puts those very
+    workers to work instead of starting Python twice."""
+    from tandem.config import set_profile_values
+    from tandem.testing import port_open
+
+    for half in ("primary", "secondary"):
+        set_profile_values(home.path, f"haprofile1/{half}/AGS", ["gateway.Workers=2"])
+    gp, gs = home.pair("haprofile1", "AGS")
+    gp.start()
+    gs.start()
+    gp.wait_state("Active", "Standalone", timeout=15)
+    gs.wait_state("Passive", "Waiting", timeout=15)
+    warm = wait_for(lambda: len(c := children(gs.pid)) == 2 and c, 15, "two warm workers on the passive")
+    assert not port_open(gs.client_port), "a passive's warm workers must not listen"
+    gp.kill9()
+    gs.wait_state("Standalone", timeout=10)
+    wait_for(lambda: port_open(gs.client_port), 10, "the new active's port")
+    assert children(gs.pid) == warm, "the warm workers serve (none started anew)"

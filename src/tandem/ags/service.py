@@ -64,6 +64,7 @@ class GatewayService(ClientService):
         self.revision = 0
         self.projects = 0
         self.retired: list[dict[str, Any]] = []
+        self.warm: WorkerSet | None = None  # workers started ahead of the next activation
         self._lock: asyncio.Lock | None = None
 
     def __repr__(self) -> str:
@@ -94,7 +95,8 @@ class GatewayService(ClientService):
                 await gw.listen(sock)
                 self.gateway = gw
             else:
-                ws = WorkerSet(s, quota=book)
+                ws, self.warm = self.warm or WorkerSet(s), None
+                ws.quota = book
                 await ws.start(json.dumps(doc).encode() if doc is not None else b"")
                 self.workers = ws
         except BaseException:
@@ -129,6 +131,25 @@ class GatewayService(ClientService):
         book, self.quota = self.quota, None
         if book is not None:
             await book.close()
+
+    async def prepare(self) -> None:
+        """Worker processes started ahead of activation (a passive's standby): a failover
+        then does not wait for N Python start-ups. They listen on nothing until start()."""
+        if self.settings.in_process or self.warm is not None:
+            return
+        ws = WorkerSet(self.settings)
+        try:
+            await ws.prepare()
+        except (OSError, ServerError) as exc:
+            log.warning("gateway: could not start standby workers (%s); they start on activation", exc)
+            await ws.stop(0)
+            return
+        self.warm = ws
+
+    async def close(self) -> None:
+        warm, self.warm = self.warm, None
+        if warm is not None:
+            await warm.stop(0)
 
     # ---- configuration ----
     def store(self) -> Store:

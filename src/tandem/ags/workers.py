@@ -17,7 +17,10 @@ then one type byte, then the payload:
                                              parent's book answers q once it is durable)
 
 A worker listens only after it has its first configuration, so a restarted
-gateway never answers from an empty table when it has a stored one. A
+gateway never answers from an empty table when it has a stored one. That
+also lets a passive keep its workers warm (`prepare()`): started, imported,
+waiting for their first `C`, listening on nothing; activation then costs a
+frame and a `listen`, not a Python start-up per worker. A
 worker dies with its parent (PR_SET_PDEATHSIG, and EOF on the control
 socket): a server killed by its watchdog never leaves a worker serving.
 A worker that dies while the parent serves is restarted.
@@ -102,6 +105,7 @@ class WorkerSet:
         self.retired: list[dict[str, Any]] = []  # counters of workers that exited
         self.document = b""
         self.stopping = False
+        self.started = False  # start() ran: workers get a configuration and listen
         self._monitor: list[asyncio.Task[None]] = []
         self.node_counts = -1  # the shared node-scope rate-limit table (a memfd), made at the first start
 
@@ -112,13 +116,28 @@ class WorkerSet:
     def live(self) -> int:
         return sum(1 for w in self.workers if w.proc is not None and w.proc.returncode is None)
 
-    async def start(self, document: bytes) -> None:
-        """Spawn every worker with `document`; returns once all listen. Raises ServerError."""
-        self.document = document
+    async def prepare(self) -> None:
+        """Spawn every worker without a configuration: each starts, imports and waits.
+        Nothing listens until `start()`. Idempotent."""
+        if self.workers:
+            return
         self.stopping = False
         if self.node_counts < 0 and self.settings.workers > 1:
             self.node_counts = create_table()
         self.workers = [await self._spawn(i) for i in range(self.settings.workers)]
+
+    async def start(self, document: bytes) -> None:
+        """Give every worker `document` (spawning those not prepared, or gone); returns once
+        all listen. Raises ServerError."""
+        self.document = document
+        self.stopping = False
+        if self.node_counts < 0 and self.settings.workers > 1:
+            self.node_counts = create_table()
+        warm = {w.index: w for w in self.workers if w.proc is not None and w.proc.returncode is None}
+        self.started = True
+        self.workers = [warm[i] if i in warm else await self._spawn(i) for i in range(self.settings.workers)]
+        for w in warm.values():
+            w.send(b"C", document)
         try:
             await asyncio.wait_for(asyncio.gather(*(w.ready for w in self.workers)), START_TIMEOUT)
         except (TimeoutError, ServerError) as exc:
@@ -144,7 +163,8 @@ class WorkerSet:
         finally:
             child_sock.close()
         reader, w.writer = await asyncio.open_unix_connection(sock=parent_sock)
-        w.send(b"C", self.document)
+        if self.started:  # a warm worker waits for start(): it must not listen before
+            w.send(b"C", self.document)
         w.reader_task = asyncio.get_running_loop().create_task(self._read(w, reader))
         return w
 
@@ -233,6 +253,7 @@ class WorkerSet:
             if w.writer is not None:
                 w.writer.close()
         self.workers = []
+        self.started = False
 
     def snapshots(self) -> list[dict[str, Any]]:
         return self.retired + [w.metrics for w in self.workers if w.metrics]

@@ -124,6 +124,8 @@ class ServerProcess:
     async def deactivate(self, drain_timeout: float) -> None:
         if self.client.serving:
             await self.client.stop(drain_timeout)
+            if not self.stopping.is_set():
+                await self.client.prepare()  # ready for the next activation
 
     def console(self, line: str) -> None:
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -229,10 +231,12 @@ class ServerProcess:
             tasks.append(loop.create_task(self._watchdog_reporter()))
             self.console(f"SERVER  {self.profile.name} ({self.profile.mode}) pid={os.getpid()} "
                          f"status {self.profile.ha_url}/ha/status  client {self.profile.client_url}")
+            await self.client.prepare()
             await self.controller.start()
             await self.stopping.wait()
             await self.controller.stop()
             await self.deactivate(drain_timeout=5.0)
+            await self.client.close()
             return 0
         finally:
             for t in tasks:

@@ -46,6 +46,15 @@ class ClientService(ABC):
     async def stop(self, drain_timeout: float) -> None:
         """Stop accepting now, drain up to `drain_timeout` s, then close everything."""
 
+    async def prepare(self) -> None:
+        """Get ready to start quickly (at server start and after each stop); nothing may
+        listen. Default: nothing to prepare."""
+        return None
+
+    async def close(self) -> None:
+        """The server process ends: release what `prepare()` holds."""
+        return None
+
 
 class DurabilityGate:
     """ASGI middleware between the admin API and its clients.
