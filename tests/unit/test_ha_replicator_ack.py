@@ -129,3 +129,27 @@ def test_async_mode_drops_a_dead_peer_before_acknowledging() -> None:
             await durable(rep, 7)
 
     asyncio.run(scenario())
+
+
+def test_a_timed_out_in_sync_record_counts_until_a_drop_overwrites_it() -> None:
+    """Naming the peer in sync timed out, but the write may still land: until a drop has
+    written us alone, a write the peer has not acked is not acknowledged on the record."""
+
+    async def scenario() -> None:
+        host = FakeHost()
+        host.lock.record = LockRecord(epoch=3, holder="a", in_sync=["a"])
+        rep = streaming(host)
+
+        async def slow(in_sync: list[str], epoch: int | None = None) -> None:
+            raise TimeoutError  # the write did not finish in time (it may finish later)
+
+        real = host.lock.set_in_sync
+        host.lock.set_in_sync = slow  # type: ignore[method-assign]
+        with pytest.raises(TimeoutError):
+            await rep._record_peer_in_sync("b")
+        host.lock.set_in_sync = real  # type: ignore[method-assign]
+        rep.in_sync = False  # the session ended on the timeout
+        assert await durable(rep, 5) is None
+        assert host.lock.writes == [["a"]], "the write waited for a drop written behind the late record"
+
+    asyncio.run(scenario())

@@ -211,7 +211,7 @@ class Replicator(Replication):
         async with self._record_lock:
             ctl = self.ctl
             rec = ctl.lock.record
-            if not self._peer_named(rec):
+            if not (self._recording or self._peer_named(rec)):
                 return  # already recorded
             if not ctl.holds_verified_lock():
                 raise NotDurable(f"cannot record the peer out of sync ({why}): this server does not hold "
@@ -221,7 +221,7 @@ class Replicator(Replication):
             except (TimeoutError, OSError, LockError) as exc:
                 raise NotDurable(f"cannot record the peer out of sync ({why}): "
                                  f"{exc or type(exc).__name__}") from exc
-            self.in_sync = False
+            self.in_sync = self._recording = False
             ctl.ops.console(f"REPL  peer out of sync: {why}; writes now acknowledged without it")
             self._wake_waiters()
             ctl.wake.set()
@@ -326,10 +326,10 @@ class Replicator(Replication):
             if not self.ctl.holds_verified_lock():
                 raise Resync("no verified lock: the peer is not recorded in sync")
             self._recording = True
-            try:
-                await self.ctl.lock.set_in_sync([self.ctl.name, peer], self.ctl.lock.record.epoch)
-            finally:
-                self._recording = False
+            # if this raises (a timeout), the write may still land on the LockFile thread:
+            # `_recording` stays set until a drop (queued behind it) has written us alone
+            await self.ctl.lock.set_in_sync([self.ctl.name, peer], self.ctl.lock.record.epoch)
+            self._recording = False
 
     async def _send_snapshot(self, diverged: bool) -> int:
         self.catching_up = True
