@@ -190,6 +190,8 @@ def test_isolation(home: Home, passive_reaches_its_target: bool) -> None:
                 assert not serving(s) and not serving(p)
                 time.sleep(0.05)
             assert "isolated" in s.output()
+        # a takeover can be over in well under a second: let the watcher sample enough of it
+        wait_for(lambda: len(watcher.samples) > 10, 10, "watcher samples")
         watcher.stop()
         watcher.check()
     finally:
