@@ -96,6 +96,16 @@ RESTART_BUDGET = 4     # restarts seen in the window before we add one more
 Log = Callable[[str], None]
 
 
+def moved_away(path: Path, seconds: float) -> None:
+    """Rename `path` aside for `seconds` (an unmounted share, a removed file), then back."""
+    away = path.with_name(path.name + ".away")
+    os.rename(path, away)
+    try:
+        time.sleep(seconds)
+    finally:
+        os.rename(away, path)
+
+
 def now() -> float:
     return time.monotonic()
 
@@ -1349,24 +1359,10 @@ class Nemesis:
                     time.sleep(p.param)
                 finally:
                     pair.topo.blackhole(False)
-            elif k == "lock_moved":
-                lock = pair.lockfile
-                rec.target = str(lock)
-                away = lock.with_name(lock.name + ".away")
-                os.rename(lock, away)
-                try:
-                    time.sleep(p.param)
-                finally:
-                    os.rename(away, lock)
-            elif k == "lock_folder_gone":
-                folder = pair.lockfile.parent
-                rec.target = str(folder)
-                away = folder.with_name(folder.name + ".away")
-                os.rename(folder, away)
-                try:
-                    time.sleep(p.param)
-                finally:
-                    os.rename(away, folder)
+            elif k in ("lock_moved", "lock_folder_gone"):
+                path = pair.lockfile if k == "lock_moved" else pair.lockfile.parent
+                rec.target = str(path)
+                moved_away(path, p.param)
             elif k == "disk_full":
                 m = pair.store_mount(active)
                 rec.target = f"{pair.names[active]} store {m.path}"
