@@ -84,7 +84,8 @@ def test_passive_gateway_keeps_warm_workers_that_listen_only_once_active(home: H
     gp.start()
     gs.start()
     gp.wait_state("Active", "Standalone", timeout=15)
-    gs.wait_state("Passive", "Waiting", timeout=15)
+    gs.wait_state("Passive", timeout=15)
+    wait_for(lambda: len(home.in_sync("haprofile1", "AGS")) == 2, 15, "the gateway pair in sync")
     warm = wait_for(lambda: len(c := children(gs.pid)) == 2 and c, 15, "two warm workers on the passive")
     assert not port_open(gs.client_port), "a passive's warm workers must not listen"
     gp.kill9()

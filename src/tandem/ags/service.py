@@ -137,14 +137,14 @@ class GatewayService(ClientService):
         then does not wait for N Python start-ups. They listen on nothing until start()."""
         if self.settings.in_process or self.warm is not None:
             return
-        ws = WorkerSet(self.settings)
+        ws = self.warm = WorkerSet(self.settings)  # claimed now: a start() meanwhile takes it over
         try:
             await ws.prepare()
         except (OSError, ServerError) as exc:
             log.warning("gateway: could not start standby workers (%s); they start on activation", exc)
+            if self.warm is ws:
+                self.warm = None
             await ws.stop(0)
-            return
-        self.warm = ws
 
     async def close(self) -> None:
         warm, self.warm = self.warm, None

@@ -106,6 +106,7 @@ class WorkerSet:
         self.document = b""
         self.stopping = False
         self.started = False  # start() ran: workers get a configuration and listen
+        self._spawning = asyncio.Lock()  # prepare() and start() never spawn side by side
         self._monitor: list[asyncio.Task[None]] = []
         self.node_counts = -1  # the shared node-scope rate-limit table (a memfd), made at the first start
 
@@ -119,25 +120,28 @@ class WorkerSet:
     async def prepare(self) -> None:
         """Spawn every worker without a configuration: each starts, imports and waits.
         Nothing listens until `start()`. Idempotent."""
-        if self.workers:
-            return
-        self.stopping = False
-        if self.node_counts < 0 and self.settings.workers > 1:
-            self.node_counts = create_table()
-        self.workers = [await self._spawn(i) for i in range(self.settings.workers)]
+        async with self._spawning:
+            if self.workers or self.started:
+                return
+            self.stopping = False
+            if self.node_counts < 0 and self.settings.workers > 1:
+                self.node_counts = create_table()
+            self.workers = [await self._spawn(i) for i in range(self.settings.workers)]
 
     async def start(self, document: bytes) -> None:
         """Give every worker `document` (spawning those not prepared, or gone); returns once
         all listen. Raises ServerError."""
-        self.document = document
-        self.stopping = False
-        if self.node_counts < 0 and self.settings.workers > 1:
-            self.node_counts = create_table()
-        warm = {w.index: w for w in self.workers if w.proc is not None and w.proc.returncode is None}
-        self.started = True
-        self.workers = [warm[i] if i in warm else await self._spawn(i) for i in range(self.settings.workers)]
-        for w in warm.values():
-            w.send(b"C", document)
+        async with self._spawning:
+            self.document = document
+            self.stopping = False
+            if self.node_counts < 0 and self.settings.workers > 1:
+                self.node_counts = create_table()
+            warm = {w.index: w for w in self.workers if w.proc is not None and w.proc.returncode is None}
+            self.started = True
+            self.workers = [warm[i] if i in warm else await self._spawn(i)
+                            for i in range(self.settings.workers)]
+            for w in warm.values():
+                w.send(b"C", document)
         try:
             await asyncio.wait_for(asyncio.gather(*(w.ready for w in self.workers)), START_TIMEOUT)
         except (TimeoutError, ServerError) as exc:

@@ -55,6 +55,7 @@ class ServerProcess:
         self.http = MiniHTTPServer(request_timeout=60.0)
         self.metric_sources: list[Any] = []  # callables returning extra Prometheus text
         self.on_store_reopened: list[Any] = []  # callables(store) after a set-aside
+        self.preparing: asyncio.Task[None] | None = None  # the client service getting ready again
         self.client: ClientService = make_client_service(self)
         self.controller: Controller = make_controller(self)
         self.pidlock = PidLock(profile.run_dir / "server.pid")
@@ -125,7 +126,9 @@ class ServerProcess:
         if self.client.serving:
             await self.client.stop(drain_timeout)
             if not self.stopping.is_set():
-                await self.client.prepare()  # ready for the next activation
+                # ready for the next activation, off the step-down path: the lock is
+                # released right after this, and the peer must not wait for process start-ups
+                self.preparing = asyncio.get_running_loop().create_task(self.client.prepare())
 
     def console(self, line: str) -> None:
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -236,6 +239,8 @@ class ServerProcess:
             await self.stopping.wait()
             await self.controller.stop()
             await self.deactivate(drain_timeout=5.0)
+            if self.preparing is not None:
+                await asyncio.gather(self.preparing, return_exceptions=True)
             await self.client.close()
             return 0
         finally:
