@@ -638,20 +638,14 @@ class Pair:
         return "\n".join(out)
 
 
-class Sampler:
-    """Polls /ha/active and /ha/status of both servers every 25 ms (a thread per server,
-    so a stopped one does not delay the other) and the LockFile record's epoch."""
+class ThreadGroup:
+    """Daemon threads started together and stopped together (`_halt` tells them to end)."""
 
-    def __init__(self, pair: Pair, interval: float = SAMPLE_INTERVAL) -> None:
-        self.pair, self.interval = pair, interval
-        self.samples: list[list[Sample]] = [[], []]
-        self.lock_epochs: list[tuple[float, int]] = []
-        self.pids: list[list[tuple[float, int]]] = [[], []]
+    join_timeout = 5.0
+
+    def __init__(self) -> None:
         self._halt = threading.Event()
-        self._urls = [pair.ha_url(0), pair.ha_url(1)]
-        self._lockfile = pair.lockfile
-        self._threads = [threading.Thread(target=self._poll_server, args=(i,), daemon=True) for i in (0, 1)]
-        self._threads.append(threading.Thread(target=self._poll_lock, daemon=True))
+        self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
         for t in self._threads:
@@ -660,7 +654,23 @@ class Sampler:
     def stop(self) -> None:
         self._halt.set()
         for t in self._threads:
-            t.join(5)
+            t.join(self.join_timeout)
+
+
+class Sampler(ThreadGroup):
+    """Polls /ha/active and /ha/status of both servers every 25 ms (a thread per server,
+    so a stopped one does not delay the other) and the LockFile record's epoch."""
+
+    def __init__(self, pair: Pair, interval: float = SAMPLE_INTERVAL) -> None:
+        super().__init__()
+        self.pair, self.interval = pair, interval
+        self.samples: list[list[Sample]] = [[], []]
+        self.lock_epochs: list[tuple[float, int]] = []
+        self.pids: list[list[tuple[float, int]]] = [[], []]
+        self._urls = [pair.ha_url(0), pair.ha_url(1)]
+        self._lockfile = pair.lockfile
+        self._threads = [threading.Thread(target=self._poll_server, args=(i,), daemon=True) for i in (0, 1)]
+        self._threads.append(threading.Thread(target=self._poll_lock, daemon=True))
 
     def _poll_server(self, i: int) -> None:
         url = self._urls[i]
@@ -730,27 +740,19 @@ def http_op(cid: int, name: str, addr: tuple[str, int], method: str, path: str, 
               status=resp.status, group=group)
 
 
-class Workload:
+class Workload(ThreadGroup):
     """Client threads, each sending `request(client, seq, which)` in a loop to server
     `which` (0/1); a client stays on the one that answered and moves to the other at
     once when `moves(op)` says it does not serve; every attempt is recorded as an `Op`."""
 
     def __init__(self, request: Callable[[int, int, int], Op], moves: Callable[[Op], bool],
                  pauses: list[float], timeout: float = 3.0) -> None:
+        super().__init__()
         self.request, self.moves, self.pauses, self.timeout = request, moves, pauses, timeout
         self.ops: list[Op] = []
         self._lock = threading.Lock()
-        self._halt = threading.Event()
+        self.join_timeout = timeout + 5
         self._threads = [threading.Thread(target=self._client, args=(c,), daemon=True) for c in range(len(pauses))]
-
-    def start(self) -> None:
-        for t in self._threads:
-            t.start()
-
-    def stop(self) -> None:
-        self._halt.set()
-        for t in self._threads:
-            t.join(self.timeout + 5)
 
     def _client(self, cid: int) -> None:
         seq, which, refused = 0, cid % 2, 0
