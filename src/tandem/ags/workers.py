@@ -117,15 +117,19 @@ class WorkerSet:
     def live(self) -> int:
         return sum(1 for w in self.workers if w.proc is not None and w.proc.returncode is None)
 
+    def _begin(self) -> None:
+        """Before spawning: not stopping, and the shared node-count table exists (once)."""
+        self.stopping = False
+        if self.node_counts < 0 and self.settings.workers > 1:
+            self.node_counts = create_table()
+
     async def prepare(self) -> None:
         """Spawn every worker without a configuration: each starts, imports and waits.
         Nothing listens until `start()`. Idempotent."""
         async with self._spawning:
             if self.workers or self.started:
                 return
-            self.stopping = False
-            if self.node_counts < 0 and self.settings.workers > 1:
-                self.node_counts = create_table()
+            self._begin()
             self.workers = [await self._spawn(i) for i in range(self.settings.workers)]
 
     async def start(self, document: bytes) -> None:
@@ -133,9 +137,7 @@ class WorkerSet:
         all listen. Raises ServerError."""
         async with self._spawning:
             self.document = document
-            self.stopping = False
-            if self.node_counts < 0 and self.settings.workers > 1:
-                self.node_counts = create_table()
+            self._begin()
             warm = {w.index: w for w in self.workers if w.proc is not None and w.proc.returncode is None}
             self.started = True
             self.workers = [warm[i] if i in warm else await self._spawn(i)

@@ -19,7 +19,7 @@ from typing import Any
 from tandem.errors import AuthError, LockError, PeerError, StoreError, TandemError
 from tandem.ha.backchannel import AUTH_HEADER, PeerClient, PeerView, sign, verify
 from tandem.ha.base import Controller, ServerOps
-from tandem.ha.decide import Action, Observations, decide, step_down_actions
+from tandem.ha.decide import Action, Observations, decide, standby_after_step_down, step_down_actions
 from tandem.ha.lockfile import LockFile, LockRecord, check_lockfile
 from tandem.ha.probe import Probe
 from tandem.ha.replication import NoReplication, Replication
@@ -138,8 +138,8 @@ class HAController(Controller):
                 and self.lock.record.holder == self.name)
 
     def standby_state(self) -> State:
-        """Where this server rests after stepping down."""
-        return State.PASSIVE if self.mode == "shared" or self.may_activate() else State.WAITING
+        """Where this server rests after stepping down (the decide rule, not a copy)."""
+        return standby_after_step_down(self.observe())
 
     async def durable(self, lsn: int, epoch: int) -> None:
         await self.replication.wait_durable(lsn, epoch)

@@ -93,8 +93,13 @@ def step_down_actions(mode: str, client_open: bool) -> tuple[Action, ...]:
     return tuple(actions)
 
 
+def standby_after_step_down(o: Observations) -> State:
+    """Where a holder rests once it has stepped down (for any cause)."""
+    return _standby(o, leaving_hold=True)
+
+
 def _step_down(o: Observations, reason: str) -> Decision:
-    return Decision(_standby(o, leaving_hold=True),
+    return Decision(standby_after_step_down(o),
                     step_down_actions(o.mode, o.client_open or o.state in SERVING), reason)
 
 
