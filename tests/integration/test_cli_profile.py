@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -108,7 +109,11 @@ def test_profile_show_json_includes_defaults(fresh_home: Path) -> None:
     assert shown["ha"]["PairSecret"] == "***"
     assert "gateway" not in shown
     ags = json.loads(ok(fresh_home, "profile", "show", "server1/AGS", "--json", "--show-secrets"))
-    assert ags["gateway"] == {"Environment": "default", "Workers": 0, "Token": "", "AccessLog": True}
+    from tandem.config import AdminSection, GatewaySection
+
+    assert ags["gateway"] == dataclasses.asdict(GatewaySection())
+    assert "admin" not in ags
+    assert shown["admin"] == dataclasses.asdict(AdminSection())
     assert ags["ha"]["PrimaryURL"] == "http://127.0.0.1:17000"
 
 

@@ -13,6 +13,7 @@ from tandem.config.edit import configure_ha, set_profile_values
 from tandem.config.home import init_home
 from tandem.config.load import list_profiles, load_profile, profile_folder, profiles_dir, resolve_profile_name
 from tandem.config.model import (
+    AdminSection,
     GatewaySection,
     HASection,
     HAType,
@@ -26,6 +27,7 @@ from tandem.config.validate import check_timing, parse_profile, profile_warnings
 from tandem.config.write import profile_to_dict, write_profile
 
 __all__ = [
+    "AdminSection",
     "GatewaySection",
     "HASection",
     "HAType",

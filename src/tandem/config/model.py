@@ -34,6 +34,24 @@ class GatewaySection:
     Workers: int = 0  # 0: one per core
     Token: str = ""
     AccessLog: bool = True
+    # client-side limits (docs/limits.md); times in milliseconds
+    ClientHeaderTimeout: int = 30_000  # the whole request head, from its first byte; not restarted per byte
+    ClientBodyTimeout: int = 60_000  # longest gap between two reads of a request body (nginx client_body_timeout)
+    SendTimeout: int = 60_000  # longest a response write may wait on a client that does not read (nginx send_timeout)
+    KeepAliveTimeout: int = 75_000  # an idle keep-alive connection is closed after this (nginx keepalive_timeout)
+    MaxConnections: int = 4096  # client connections per worker; past it new ones get 503 and are closed
+    AllowTrace: bool = False  # TRACE is refused (405) unless this is true
+
+
+@dataclass(frozen=True)
+class AdminSection:
+    """The AMS admin API's limits (client port); times in milliseconds."""
+
+    AdminMaxBodyBytes: int = 8 * 1024 * 1024  # a larger request body gets 413 body_too_large before it is parsed
+    AdminMaxJSONDepth: int = 64  # nesting deeper than this gets 422 before the document is used
+    AdminHeaderTimeout: int = 30_000  # the whole request head, from its first byte
+    AdminIdleTimeout: int = 75_000  # an idle keep-alive connection is closed after this
+    AdminMaxConnections: int = 1024  # concurrent connections; past it new ones get 503
 
 
 @dataclass(frozen=True)
@@ -62,6 +80,12 @@ class HASection:
     ProbeTimeout: int = 300
     ProbeFailures: int = 3
     WatchdogTimeout: int = 2000
+    # HA port limits (docs/limits.md)
+    HAMaxConnections: int = 32  # open connections on the HA port; past it new ones are closed at once
+    HAHeaderTimeout: int = 5000  # ms for a whole request head on the HA port
+    HAIdleTimeout: int = 30_000  # ms an idle HA-port connection is kept
+    HAMaxControlBytes: int = 65_536  # body of a heartbeat or control frame
+    HAMaxBatchBytes: int = 64 * 1024 * 1024  # body of a replication batch or snapshot
 
     @property
     def self_fence_deadline(self) -> int:
@@ -86,6 +110,7 @@ class Profile:
     server: ServerSection
     ha: HASection = field(default_factory=HASection)
     gateway: GatewaySection | None = None
+    admin: AdminSection | None = None  # AMS only
 
     @property
     def mode(self) -> Mode:

@@ -39,15 +39,16 @@ from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from tandem.config.model import GatewaySection, HASection, Profile, ServerSection
+from tandem.config.model import AdminSection, GatewaySection, HASection, Profile, ServerSection
 from tandem.errors import ConfigError, TimingError
 
-SectionClass = type[ServerSection] | type[HASection] | type[GatewaySection]
+SectionClass = type[ServerSection] | type[HASection] | type[GatewaySection] | type[AdminSection]
 
 SECTIONS: dict[str, SectionClass] = {
     "server": ServerSection,
     "ha": HASection,
     "gateway": GatewaySection,
+    "admin": AdminSection,
 }
 
 TIMING_MS_KEYS = (
@@ -61,6 +62,13 @@ TIMING_MS_KEYS = (
     "WatchdogTimeout",
 )
 COUNT_KEYS = ("HeartbeatMisses", "ProbeFailures")
+# limits (docs/limits.md): each a positive integer, milliseconds for the *Timeout keys
+LIMIT_KEYS: dict[str, tuple[str, ...]] = {
+    "ha": ("HAMaxConnections", "HAHeaderTimeout", "HAIdleTimeout", "HAMaxControlBytes", "HAMaxBatchBytes"),
+    "gateway": ("ClientHeaderTimeout", "ClientBodyTimeout", "SendTimeout", "KeepAliveTimeout", "MaxConnections"),
+    "admin": ("AdminMaxBodyBytes", "AdminMaxJSONDepth", "AdminHeaderTimeout", "AdminIdleTimeout",
+              "AdminMaxConnections"),
+}
 SECRET_KEYS = frozenset({"PairSecret", "Token"})
 MODES = ("AMS", "AGS")
 
@@ -161,6 +169,8 @@ CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("gateway", "Workers"): lambda v: None if v >= 0 else "must be 0 (one per core) or a positive integer",
     **{("ha", k): _positive("milliseconds") for k in TIMING_MS_KEYS},
     **{("ha", k): _positive("a count") for k in COUNT_KEYS},
+    **{(section, k): _positive("milliseconds" if k.endswith("Timeout") else "a count")
+       for section, keys in LIMIT_KEYS.items() for k in keys},
 }
 
 
@@ -222,7 +232,12 @@ def parse_profile(
         gateway = GatewaySection(**gw)
     elif "gateway" in data:
         raise ConfigError(f"{name}: [gateway]: only an AGS profile has a [gateway] section ([server] Mode = \"AMS\")")
-    profile = Profile(name=name, folder=folder, server=server, ha=ha, gateway=gateway)
+    admin: AdminSection | None = None
+    if server.Mode == "AMS":
+        admin = AdminSection(**_section_kwargs(name, "admin", data.get("admin", {})))
+    elif "admin" in data:
+        raise ConfigError(f"{name}: [admin]: only an AMS profile has an [admin] section ([server] Mode = \"AGS\")")
+    profile = Profile(name=name, folder=folder, server=server, ha=ha, gateway=gateway, admin=admin)
     check_consistency(profile)
     check_timing(name, ha)
     return profile

@@ -115,4 +115,6 @@ def profile_to_dict(profile: Profile) -> dict[str, Any]:
     }
     if profile.gateway is not None:
         out["gateway"] = dataclasses.asdict(profile.gateway)
+    if profile.admin is not None:
+        out["admin"] = dataclasses.asdict(profile.admin)
     return out
