@@ -48,7 +48,7 @@ def test_connection_resets_are_ordinary_peer_errors() -> None:
             seen[f"{type(exc).__name__}: {exc}"] += 1
 
     async def main() -> None:
-        pc = PeerClient("127.0.0.1", port, "secret", 0.5)
+        pc = PeerClient("127.0.0.1", port, "secret", 0.5, me="primary")
         try:
             for _ in range(100):
                 await asyncio.gather(*(one(pc) for _ in range(4)))

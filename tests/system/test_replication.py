@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tandem.config import load_profile, set_profile_values
-from tandem.ha.backchannel import AUTH_HEADER, sign
+from tandem.ha.backchannel import AUTH_HEADER, sign_request
 from tandem.store import SqliteStore
 from tandem.testing import Home, Server, Watcher, http_get, run_cli, wait_for
 
@@ -217,7 +217,8 @@ def test_rule6_async_divergent_copy_kept(home: Home) -> None:
 def _post(srv: Server, path: str, body: bytes, secret: str | None) -> int:
     headers = {"content-type": "application/json"}
     if secret is not None:
-        headers[AUTH_HEADER] = sign(secret, path, body)
+        headers[AUTH_HEADER], _ = sign_request(secret, "POST", path, body, sender="primary", receiver="secondary",
+                                               epoch=0)
     req = urllib.request.Request(f"{srv.ha}{path}", data=body, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(req, timeout=5) as r:

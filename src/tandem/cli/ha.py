@@ -1,7 +1,9 @@
 """`tandem ha switchover|force-activate -mode M -profile P`.
 
 Both talk to the servers' HA ports, signed with the pair's secret read from
-the profile (whoever can read the profile may command the pair).
+the profile (whoever can read the profile may command the pair). A command is
+addressed to one half (its role) at the epoch its /ha/status showed, so a
+captured command cannot be obeyed twice or by the other half.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import httpx
 
 from tandem.config import Profile, load_profile, resolve_profile_name
 from tandem.errors import ServerError, UsageError
-from tandem.ha.backchannel import AUTH_HEADER, sign
+from tandem.ha.backchannel import AUTH_HEADER, OPERATOR, sign_request
 
 DEADLINE = 15.0
 
@@ -39,10 +41,16 @@ def _profile(args: argparse.Namespace) -> Profile:
     return prof
 
 
-def _post(base: str, path: str, secret: str, payload: dict[str, object]) -> httpx.Response:
+def _post(base: str, path: str, secret: str, payload: dict[str, object], status: dict[str, object] | None
+          ) -> httpx.Response:
+    """A signed command to the server at `base`, which `status` (its /ha/status) describes."""
+    if not status:
+        raise ServerError(f"{base} does not answer /ha/status: cannot address a command to it")
     body = json.dumps(payload).encode()
+    auth, _ = sign_request(secret, "POST", path, body, sender=OPERATOR, receiver=str(status.get("role")),
+                           epoch=int(str(status.get("epoch") or 0)))
     return httpx.post(base + path, content=body, timeout=10.0,
-                      headers={AUTH_HEADER: sign(secret, path, body), "content-type": "application/json"})
+                      headers={AUTH_HEADER: auth, "content-type": "application/json"})
 
 
 def _status(base: str) -> dict[str, object] | None:
@@ -65,7 +73,7 @@ def switchover(args: argparse.Namespace) -> int:
     src = active[0]
     dst = peer if src == me else me
     t0 = time.monotonic()
-    r = _post(src, "/ha/switchover", prof.ha.PairSecret, {"requested_by": "tandem ha switchover"})
+    r = _post(src, "/ha/switchover", prof.ha.PairSecret, {"requested_by": "tandem ha switchover"}, sts[src])
     if r.status_code != 200:
         try:
             why = r.json().get("error", r.text)
@@ -87,7 +95,8 @@ def force_activate(args: argparse.Namespace) -> int:
     prof = _profile(args)
     if not args.yes:
         raise UsageError("force-activate may lose acknowledged writes (rule 5); repeat with --yes to confirm")
-    r = _post(prof.ha_url, "/ha/force-activate", prof.ha.PairSecret, {"requested_by": "tandem ha force-activate"})
+    r = _post(prof.ha_url, "/ha/force-activate", prof.ha.PairSecret, {"requested_by": "tandem ha force-activate"},
+              _status(prof.ha_url))
     if r.status_code != 200:
         raise ServerError(f"force-activate refused by {prof.ha_url}: {r.text[:200]}")
     print(f"{prof.name}: force-activate recorded; it activates when it can take the lock "

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from tandem.config.model import Profile
+    from tandem.server.httpmini import Route
     from tandem.store import Store
 
 
@@ -72,6 +73,6 @@ class Controller(ABC):
         """False when the controller's loop is stuck: the watchdog then stops hearing from us."""
         return True
 
-    def routes(self) -> dict[tuple[str, str], Any]:
-        """Extra HA-port routes (backchannel): {(method, path): async handler(Request) -> Response}."""
+    def routes(self) -> dict[tuple[str, str], Route]:
+        """Extra HA-port routes (backchannel): {(method, path): Route(handler, max_body, gate)}."""
         return {}

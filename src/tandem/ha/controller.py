@@ -16,15 +16,25 @@ import threading
 import time
 from typing import Any
 
-from tandem.errors import AuthError, LockError, PeerError, StoreError, TandemError
-from tandem.ha.backchannel import AUTH_HEADER, PeerClient, PeerView, sign, verify
+from tandem.errors import LockError, PeerError, StoreError, TandemError
+from tandem.ha.backchannel import (
+    AUTH_HEADER,
+    OPERATOR,
+    BackchannelGate,
+    Frame,
+    FrameGuard,
+    PeerClient,
+    PeerView,
+    other_role,
+    sign_response,
+)
 from tandem.ha.base import Controller, ServerOps
 from tandem.ha.decide import Action, Observations, decide, standby_after_step_down, step_down_actions
 from tandem.ha.lockfile import LockFile, LockRecord, check_lockfile
 from tandem.ha.probe import Probe
 from tandem.ha.replication import NoReplication, Replication
 from tandem.ha.states import HOLDING, PEER_DEAD, SERVING, State, check_transition
-from tandem.server.httpmini import Request, Response
+from tandem.server.httpmini import Request, Response, Route
 
 log = logging.getLogger("tandem.ha")
 
@@ -55,7 +65,11 @@ class HAController(Controller):
                            ha.ProbeFailures)
         self.peer = PeerView()
         self.peer_client = PeerClient(ha.BackupHAIPAddress, ha.BackupHAPort, ha.PairSecret,
-                                      ha.HeartbeatInterval / 1000)
+                                      ha.HeartbeatInterval / 1000, me=ha.Role, epoch=lambda: self.epoch)
+        # frames are checked from their head, before a body byte is read (docs/ha.md)
+        guard = FrameGuard(ha.PairSecret, ha.Role)
+        self.peer_gate = BackchannelGate(guard, (other_role(ha.Role),))
+        self.operator_gate = BackchannelGate(guard, (OPERATOR,))
         self.replication = replication or NoReplication()
         self.fence = (ha.LockVerifyInterval + ha.LockIOTimeout) / 1000
         self.tick = max(0.01, min(ha.LockRetryInterval, ha.LockVerifyInterval, ha.HeartbeatInterval) / 2000)
@@ -499,26 +513,26 @@ class HAController(Controller):
         }
 
     # ---- HA-port routes ----
-    def routes(self) -> dict[tuple[str, str], Any]:
-        r: dict[tuple[str, str], Any] = {
-            ("POST", "/ha/peer/heartbeat"): self._h_heartbeat,
-            ("POST", "/ha/peer/takeover"): self._h_takeover,
-            ("POST", "/ha/switchover"): self._h_switchover,
-            ("POST", "/ha/force-activate"): self._h_force,
+    def routes(self) -> dict[tuple[str, str], Route]:
+        small = self.cfg.HAMaxControlBytes
+        r: dict[tuple[str, str], Route] = {
+            ("POST", "/ha/peer/heartbeat"): Route(self._h_heartbeat, small, self.peer_gate),
+            ("POST", "/ha/peer/takeover"): Route(self._h_takeover, small, self.peer_gate),
+            ("POST", "/ha/switchover"): Route(self._h_switchover, small, self.operator_gate),
+            ("POST", "/ha/force-activate"): Route(self._h_force, small, self.operator_gate),
         }
         r.update(self.replication.routes())
         return r
 
-    def _signed(self, path: str, data: dict[str, Any], status: int = 200) -> Response:
+    def signed(self, req: Request, data: dict[str, Any], status: int = 200) -> Response:
+        """Our answer to a frame the gate admitted, signed for its sender."""
         body = json.dumps(data, separators=(",", ":")).encode()
-        return Response(status, body, headers={"X-Tandem-Auth": sign(self.cfg.PairSecret, path, body)})
+        frame: Frame = req.auth
+        return Response(status, body, headers={
+            AUTH_HEADER: sign_response(self.cfg.PairSecret, frame, req.path, status, body, self.epoch)})
 
-    def _authenticate(self, req: Request) -> dict[str, Any] | Response:
-        try:
-            verify(self.cfg.PairSecret, req.path, req.body, req.headers.get(AUTH_HEADER))
-        except AuthError as exc:
-            log.warning("backchannel: refused %s from %s: %s", req.path, req.peer, exc)
-            return Response.json({"error": f"refused: {exc}"}, 401)
+    def frame_body(self, req: Request) -> dict[str, Any] | Response:
+        """The JSON object of an admitted frame, or a 400 answer."""
         try:
             d = json.loads(req.body)
             if not isinstance(d, dict):
@@ -528,33 +542,46 @@ class HAController(Controller):
             return Response.json({"error": f"bad frame: {exc}"}, 400)
         return d
 
+    def _stale_command(self, req: Request) -> Response | None:
+        """An operator command signed for another epoch than ours: refused (a replay or
+        a command about a pair that has moved on)."""
+        frame: Frame = req.auth
+        if frame.epoch == self.epoch:
+            return None
+        log.warning("backchannel: refused %s from %s: signed for epoch %d, this server is at epoch %d",
+                    req.path, req.peer, frame.epoch, self.epoch)
+        return self.signed(req, {"ok": False, "error": f"command signed for epoch {frame.epoch}, {self.name} is at "
+                                                      f"epoch {self.epoch} (stale or replayed): run it again"}, 409)
+
     async def _h_heartbeat(self, req: Request) -> Response:
-        d = self._authenticate(req)
+        d = self.frame_body(req)
         if isinstance(d, Response):
             return d
         self._peer_news(d)
-        return self._signed(req.path, self.heartbeat_payload())
+        return self.signed(req, self.heartbeat_payload())
 
     async def _h_takeover(self, req: Request) -> Response:
-        d = self._authenticate(req)
+        d = self.frame_body(req)
         if isinstance(d, Response):
             return d
         self.handover_epoch = int(d.get("epoch", -1))
         self.hold_off_until, self.next_attempt = 0.0, 0.0
         self.ops.console(f"HA  peer released epoch={self.handover_epoch} after it stopped serving")
         self.wake.set()
-        return self._signed(req.path, {"ok": True, "server": self.name})
+        return self.signed(req, {"ok": True, "server": self.name})
 
     async def _h_switchover(self, req: Request) -> Response:
-        d = self._authenticate(req)
+        d = self.frame_body(req)
         if isinstance(d, Response):
             return d
+        if (stale := self._stale_command(req)) is not None:
+            return stale
         async with self.cycle_lock:
             if self.state not in SERVING:
-                return self._signed(req.path, {"ok": False, "error": f"{self.name} is {self.state}, not active"}, 409)
+                return self.signed(req, {"ok": False, "error": f"{self.name} is {self.state}, not active"}, 409)
             ready = State.PASSIVE.value
             if not self.peer_alive() or self.peer.state != ready:
-                return self._signed(req.path, {"ok": False, "error": f"peer is {self.peer_state()}, not {ready}: "
+                return self.signed(req, {"ok": False, "error": f"peer is {self.peer_state()}, not {ready}: "
                                                                        "refusing a switchover"}, 409)
             epoch = self.lock.record.epoch
             self._hold_off(HOLD_OFF_AFTER_SWITCHOVER, "switchover: the peer takes over")
@@ -566,18 +593,20 @@ class HAController(Controller):
         except PeerError as exc:
             self.ops.console(f"HA  switchover: peer did not acknowledge the handover ({exc}); it will take "
                              "the lock on its next attempt")
-        return self._signed(req.path, {"ok": True, "from": self.name, "epoch": epoch})
+        return self.signed(req, {"ok": True, "from": self.name, "epoch": epoch})
 
     async def _h_force(self, req: Request) -> Response:
-        d = self._authenticate(req)
+        d = self.frame_body(req)
         if isinstance(d, Response):
             return d
+        if (stale := self._stale_command(req)) is not None:
+            return stale
         self.forced = True
         self.hold_off_until = 0.0
         self.ops.console("HA  force-activate requested by operator: this server may activate although its "
                          "store may miss acknowledged writes (rule 5 overridden)")
         self.wake.set()
-        return self._signed(req.path, {"ok": True, "server": self.name, "state": str(self.state)})
+        return self.signed(req, {"ok": True, "server": self.name, "state": str(self.state)})
 
 
 def make_ha_controller(ops: ServerOps) -> Controller:

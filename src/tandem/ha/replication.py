@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tandem.server.httpmini import Route
+
 
 class Replication:
     """Default: no replication. Subclasses override what they know."""
@@ -34,7 +36,7 @@ class Replication:
     def fail_pending(self) -> None:
         """Step-down: no write still waiting may be acknowledged unless the peer has it."""
 
-    def routes(self) -> dict[tuple[str, str], Any]:
+    def routes(self) -> dict[tuple[str, str], Route]:
         return {}
 
     async def close(self) -> None:

@@ -36,7 +36,7 @@ from tandem.ha.durability import AckObservations, Verdict, may_acknowledge
 from tandem.ha.lockfile import LockRecord
 from tandem.ha.replication import Replication
 from tandem.ha.states import HOLDING, SERVING
-from tandem.server.httpmini import Request, Response
+from tandem.server.httpmini import Request, Response, Route
 from tandem.store import Change, LogTruncated, Store
 
 if TYPE_CHECKING:
@@ -342,23 +342,25 @@ class Replicator(Replication):
         return int(resp["acked_lsn"])
 
     # ---- passive side ----
-    def routes(self) -> dict[tuple[str, str], Any]:
-        return {("POST", "/ha/repl/hello"): self._h_hello, ("POST", "/ha/repl/frames"): self._h_frames,
-                ("POST", "/ha/repl/snapshot"): self._h_snapshot}
+    def routes(self) -> dict[tuple[str, str], Route]:
+        small, big, gate = self.ctl.cfg.HAMaxControlBytes, self.ctl.cfg.HAMaxBatchBytes, self.ctl.peer_gate
+        return {("POST", "/ha/repl/hello"): Route(self._h_hello, small, gate),
+                ("POST", "/ha/repl/frames"): Route(self._h_frames, big, gate),
+                ("POST", "/ha/repl/snapshot"): Route(self._h_snapshot, big, gate)}
 
     def _admit(self, req: Request) -> dict[str, Any] | Response:
-        d = self.ctl._authenticate(req)
+        d = self.ctl.frame_body(req)
         if isinstance(d, Response):
             return d
         epoch = d.get("epoch")
         if not isinstance(epoch, int):
             return Response.json({"ok": False, "error": "frame without an integer epoch"}, 400)
         if self.ctl.state in HOLDING or self.ctl.lock.held:
-            return self.ctl._signed(req.path, {"ok": False, "error": f"{self.ctl.name} is {self.ctl.state}"}, 409)
+            return self.ctl.signed(req, {"ok": False, "error": f"{self.ctl.name} is {self.ctl.state}"}, 409)
         if epoch < self.ctl.epoch:
             log.warning("replication: refused a frame of epoch %d from %s (we know epoch %d)",
                         epoch, req.peer, self.ctl.epoch)
-            return self.ctl._signed(req.path, {"ok": False, "error": f"stale epoch {epoch} < {self.ctl.epoch}"}, 409)
+            return self.ctl.signed(req, {"ok": False, "error": f"stale epoch {epoch} < {self.ctl.epoch}"}, 409)
         self.ctl.epoch = epoch
         return d
 
@@ -367,7 +369,7 @@ class Replicator(Replication):
         if isinstance(d, Response):
             return d
         st = self.store
-        return self.ctl._signed(req.path, {"ok": True, "server": self.ctl.name, "last_lsn": st.last_lsn(),
+        return self.ctl.signed(req, {"ok": True, "server": self.ctl.name, "last_lsn": st.last_lsn(),
                                            "last_epoch": st.last_change_epoch()})
 
     async def _h_frames(self, req: Request) -> Response:
@@ -382,7 +384,7 @@ class Replicator(Replication):
             await asyncio.to_thread(self.store.apply, changes)
         except (ChangeRejected, KeyError) as exc:
             log.warning("replication: refused a frame from %s: %s", req.peer, exc)
-            return self.ctl._signed(req.path, {"ok": False, "error": str(exc), "last_lsn": self.store.last_lsn()})
+            return self.ctl.signed(req, {"ok": False, "error": str(exc), "last_lsn": self.store.last_lsn()})
         if d.get("catchup"):
             self.catchup_until = time.monotonic() + 1.0
         elif self.catchup_until:
@@ -392,7 +394,7 @@ class Replicator(Replication):
                 await self.ctl.lock.read()
             self.catchup_until = 0.0
             self.ctl.wake.set()
-        return self.ctl._signed(req.path, {"ok": True, "acked_lsn": self.store.last_lsn()})
+        return self.ctl.signed(req, {"ok": True, "acked_lsn": self.store.last_lsn()})
 
     async def _h_snapshot(self, req: Request) -> Response:
         d = self._admit(req)
@@ -406,7 +408,7 @@ class Replicator(Replication):
             await asyncio.to_thread(self.store.restore, snap)
         except (StoreError, KeyError, ValueError) as exc:
             log.warning("replication: refused a snapshot from %s: %s", req.peer, exc)
-            return self.ctl._signed(req.path, {"ok": False, "error": str(exc)})
+            return self.ctl.signed(req, {"ok": False, "error": str(exc)})
         self.catchup_until = time.monotonic() + 1.0
         self.ctl.ops.console(f"REPL  snapshot restored at lsn {self.store.last_lsn()}")
-        return self.ctl._signed(req.path, {"ok": True, "acked_lsn": self.store.last_lsn()})
+        return self.ctl.signed(req, {"ok": True, "acked_lsn": self.store.last_lsn()})

@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from tandem.config.model import Profile
 from tandem.errors import NotDurable, ServerError, StoreError
 from tandem.ha.base import Controller
-from tandem.server.httpmini import MiniHTTPServer, Request, Response
+from tandem.server.httpmini import REFUSAL_KINDS, Limits, MiniHTTPServer, Request, Response
 from tandem.server.pidlock import PidLock
 from tandem.server.service import ClientService, make_client_service
 from tandem.store import Store, open_store
@@ -52,7 +52,10 @@ class ServerProcess:
         self.store: Store | None = None
         self.started_at = time.time()
         self.stopping = asyncio.Event()
-        self.http = MiniHTTPServer(request_timeout=60.0)
+        ha = profile.ha
+        self.http = MiniHTTPServer(request_timeout=60.0, limits=Limits(
+            max_connections=ha.HAMaxConnections, header_timeout=ha.HAHeaderTimeout / 1000,
+            idle_timeout=ha.HAIdleTimeout / 1000))
         self.metric_sources: list[Any] = []  # callables returning extra Prometheus text
         self.on_store_reopened: list[Any] = []  # callables(store) after a set-aside
         self.preparing: asyncio.Task[None] | None = None  # the client service getting ready again
@@ -181,10 +184,21 @@ class ServerProcess:
         self._g_lsn.set(st["lsn"] or 0)
         self._g_state.clear()
         self._g_state.labels(state=str(st["state"])).set(1)
-        extra = b""
+        extra = self._ha_port_metrics()
         for collect in self.metric_sources:
             extra += collect()
         return Response(200, generate_latest(self.registry) + extra, "text/plain; version=0.0.4")
+
+    def _ha_port_metrics(self) -> bytes:
+        """The HA port's own counters: open connections, refusals by reason."""
+        lines = ["# HELP tandem_ha_port_connections open connections on the HA port",
+                 "# TYPE tandem_ha_port_connections gauge",
+                 f"tandem_ha_port_connections {len(self.http.connections)}",
+                 "# HELP tandem_ha_port_refused_total requests and connections the HA port refused, by reason",
+                 "# TYPE tandem_ha_port_refused_total counter"]
+        for reason in sorted(set(REFUSAL_KINDS) | set(self.http.refused)):
+            lines.append(f'tandem_ha_port_refused_total{{reason="{reason}"}} {self.http.refused[reason]}')
+        return ("\n".join(lines) + "\n").encode()
 
     # ---- lifecycle ----
     def _on_signal(self, signame: str) -> None:
@@ -223,8 +237,8 @@ class ServerProcess:
             self.http.route("GET", "/ha/active", self._h_active)
             self.http.route("GET", "/metrics", self._h_metrics)
             self.http.route("GET", "/ha/digest", self._h_digest)
-            for (method, path), handler in self.controller.routes().items():
-                self.http.route(method, path, handler)
+            for (method, path), r in self.controller.routes().items():
+                self.http.route(method, path, r.handler, max_body=r.max_body, gate=r.gate)
             srv = self.profile.server
             try:
                 await self.http.start(srv.HAAddress, srv.HAPort)
