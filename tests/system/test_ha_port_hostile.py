@@ -6,6 +6,7 @@ a replayed command or a reflected frame is refused."""
 from __future__ import annotations
 
 import json
+import resource
 import socket
 import threading
 import time
@@ -168,13 +169,23 @@ def test_a_replayed_switchover_and_a_reflected_heartbeat_are_refused(home: Home)
 def test_ha_port_closes_dripping_idle_and_excess_connections(home: Home) -> None:
     """Finding 5 (HA port): a head dripped one byte at a time is cut at HAHeaderTimeout
     (the deadline does not restart per byte), an idle connection at HAIdleTimeout, a
-    connection past HAMaxConnections at once; the port keeps answering throughout."""
+    connection past HAMaxConnections at once; the port keeps answering throughout. The
+    process raised its open-file limit (past 1,024 clients got a silent reset)."""
     name = "server1/AMS"
     set_profile_values(home.path, name, ["ha.HAHeaderTimeout=1000", "ha.HAIdleTimeout=2000",
                                          "ha.HAMaxConnections=8"])
     srv = home.server(name)
-    srv.start(env=ENV)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))  # what the server inherits
+    try:
+        srv.start(env=ENV)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     srv.wait_state("Standalone", timeout=15)
+    # the server raised its soft open-file limit to the hard one (the gateway's workers inherit it)
+    limits = Path(f"/proc/{server_pid(srv)}/limits").read_text()
+    row = next(line for line in limits.splitlines() if line.startswith("Max open files")).split()
+    assert int(row[3]) == int(row[4]) == hard, row
     addr = ha_addr(srv)
     t0 = time.monotonic()
     with socket.create_connection(addr, timeout=5) as drip:

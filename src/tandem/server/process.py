@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import signal
 import sys
 import time
@@ -194,6 +195,9 @@ class ServerProcess:
         lines = ["# HELP tandem_ha_port_connections open connections on the HA port",
                  "# TYPE tandem_ha_port_connections gauge",
                  f"tandem_ha_port_connections {len(self.http.connections)}",
+                 "# HELP tandem_open_files_limit this process's soft limit on open files (raised to the hard one)",
+                 "# TYPE tandem_open_files_limit gauge",
+                 f"tandem_open_files_limit {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}",
                  "# HELP tandem_ha_port_refused_total requests and connections the HA port refused, by reason",
                  "# TYPE tandem_ha_port_refused_total counter"]
         for reason in sorted(set(REFUSAL_KINDS) | set(self.http.refused)):
@@ -266,6 +270,21 @@ class ServerProcess:
             self.console(f"SERVER  {self.profile.name} stopped")
 
 
+def raise_fd_limit() -> int:
+    """Raise the soft limit on open files to the hard one (worker processes inherit it):
+    a gateway past 1,024 connections must not turn clients away with a reset. Returns
+    the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, target, exc)
+    return soft
+
+
 def run_server(profile: Profile, db_location: str | None = None) -> int:
     """Run a server in the foreground until signalled; returns the exit code."""
     try:
@@ -281,6 +300,7 @@ def run_server(profile: Profile, db_location: str | None = None) -> int:
     sys.setswitchinterval(0.001)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
+    raise_fd_limit()
 
     async def main() -> int:
         server = ServerProcess(profile, db_location)
