@@ -4,13 +4,21 @@ One connection guarded by a lock: SQLite serialises writers anyway, and a
 single connection keeps every read consistent with the last commit of this
 process. Writes take BEGIN IMMEDIATE so the head (last_lsn in `meta`) is read
 and advanced under the write lock even if another process opens the file.
+
+The store holds secrets (JWT HMAC secrets, password and key hashes), so it is
+its owner's only: the folder is set to 0700 and the database file is created
+0600 before SQLite opens it (SQLite gives the -wal and -shm files the
+database file's mode); files an older version left wider are narrowed at open.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -36,6 +44,8 @@ from tandem.store.base import (
     rows_to_log_json,
 )
 
+log = logging.getLogger("tandem.store")
+
 BUSY_TIMEOUT_S = 5.0
 SCHEMA_VERSION = 1
 _CORRUPT_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
@@ -54,6 +64,31 @@ _LOG = "INSERT INTO log (lsn, epoch, ts, ops) VALUES (?, ?, ?, ?)"
 _SET_META = "UPDATE meta SET value = ? WHERE key = ?"
 
 
+FILE_MODE = 0o600
+FOLDER_MODE = 0o700
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def secure_files(path: Path) -> None:
+    """Owner-only modes for the store folder, the database and its side files (created
+    empty here if missing, so that SQLite never creates it with the umask's mode)."""
+    try:
+        folder = path.parent
+        if stat.S_IMODE(folder.stat().st_mode) & 0o077:
+            try:
+                os.chmod(folder, FOLDER_MODE)
+            except PermissionError as exc:  # not our folder: the files themselves stay private
+                log.warning("sqlite store %s: cannot make its folder private (0700): %s", path, exc)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        os.close(fd)
+        for p in (path, *(path.with_name(path.name + s) for s in _SIDE_FILES)):
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_IMODE(p.stat().st_mode) != FILE_MODE:
+                    os.chmod(p, FILE_MODE)
+    except OSError as exc:
+        raise StoreError(f"sqlite store {path}: cannot make it private (mode 0600, folder 0700): {exc}") from exc
+
+
 def _translate(exc: sqlite3.Error, path: Path, what: str) -> StoreError:
     code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
     cls = StoreCorrupt if code in _CORRUPT_CODES else StoreError
@@ -68,6 +103,7 @@ class SqliteStore(Store):
         self._path = Path(path)
         self._lock = threading.Lock()
         self._state = (0, 0)
+        secure_files(self._path)
         try:
             conn = sqlite3.connect(
                 self._path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
