@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -333,7 +334,19 @@ def test_import_replaces_the_configuration(ams: InProcessAms) -> None:
     old_revision = {e["name"]: e["revision"] for e in doc["environments"]}
     slim = {**doc, "projects": [p for p in doc["projects"] if p["name"] == "orders"],
             "consumers": [], "environments": [e for e in doc["environments"] if e["name"] == "prod"]}
-    assert ams.client.post("/api/v1/import", json=slim, headers=ams.headers).status_code == 200
+    # an import never takes a deployed project off its gateways (docs/ams.md): undeploy it first
+    r = ams.client.post("/api/v1/import?prune=true", json=slim, headers=ams.headers)
+    assert r.status_code == 409 and r.json()["names"] == ["petstore (default)"], r.text
+    assert ams.client.post("/api/v1/projects/petstore/undeploy", json={"environment": "default"},
+                           headers=ams.headers).status_code == 202
+    deadline = time.monotonic() + 10
+    while ams.store.get("ams.environments", "default")["projects"]:  # type: ignore[index]
+        assert time.monotonic() < deadline, "the undeployment did not reach the environment within 10 s"
+        time.sleep(0.02)
+    # what the document leaves out is deleted only with ?prune=true
+    r = ams.client.post("/api/v1/import", json=slim, headers=ams.headers)
+    assert r.status_code == 409 and r.json()["code"] == "would_delete", r.text
+    assert ams.client.post("/api/v1/import?prune=true", json=slim, headers=ams.headers).status_code == 200
     after = ams.client.get("/api/v1/export", headers=ams.headers).json()
     assert [p["name"] for p in after["projects"]] == ["orders"] and after["consumers"] == []
     envs = {e["name"]: e for e in after["environments"]}

@@ -195,6 +195,14 @@ def test_openapi_import_carries_no_policies(ams: InProcessAms) -> None:
     assert r.json()["policies"] == []
 
 
+def _rsa_public_pem() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
 def test_jwt_credentials_key_material(ams: InProcessAms) -> None:
     c, h = ams.client, ams.headers
 
@@ -205,8 +213,11 @@ def test_jwt_credentials_key_material(ams: InProcessAms) -> None:
 
     assert consumer("jwks", {"key": "https://issuer.example", "algorithm": "RS256"}).status_code == 201
     assert consumer("hs", {"key": "hs-issuer", "secret": "0123456789abcdef"}).status_code == 201
-    assert consumer("rs", {"key": "rs-issuer", "algorithm": "RS256", "public_key": "-----BEGIN..."}).status_code \
+    assert consumer("rs", {"key": "rs-issuer", "algorithm": "RS256", "public_key": _rsa_public_pem()}).status_code \
         == 201
+    # a garbage key is refused at the AMS, never sent to a gateway (docs/ams.md)
+    _check_422(consumer("rs2", {"key": "rs2", "algorithm": "RS256", "public_key": "-----BEGIN..."}),
+               "credentials.jwt[0].public_key", "PEM")
     before = ams.store.last_lsn()
     _check_422(consumer("bad1", {"key": "k1", "algorithm": "RS256", "secret": "0123456789abcdef"}),
                "credentials.jwt[0].secret", "public_key")

@@ -32,14 +32,20 @@ class ApiError(Exception):
     """A refusal with an HTTP status, a stable `code` and, for bad input, the field."""
 
     def __init__(self, status: int, code: str, message: str, field: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, names: list[str] | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.field = status, code, message, field
         self.headers = headers or {}
+        self.names = names  # what a conflict is about (e.g. the deployed projects an import would remove)
 
     def body(self) -> dict[str, Any]:
         out: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.field is not None:
+        if self.names is not None:
+            out["names"] = list(self.names)
+            out["field"] = self.field or "body"
+            out["detail"] = [{"loc": ["body", *_split(out["field"])], "msg": n, "type": self.code,
+                              "field": out["field"]} for n in self.names]
+        elif self.field is not None:
             out["field"] = self.field
             out["detail"] = [{"loc": ["body", *_split(self.field)], "msg": self.message, "type": self.code,
                               "field": self.field}]

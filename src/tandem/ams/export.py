@@ -6,13 +6,27 @@ deployed snapshots; it leaves out what is not configuration: the admin token,
 the gateway registry and deployment history. Every list is sorted, so
 export -> import into a fresh AMS -> export gives the same document.
 
-Import is declarative and all-or-nothing: the whole document is validated
-(each part by the same models as the API, plus cross-checks: unique names,
-context paths, credentials), then ONE commit makes the configuration equal
-to it: anything absent is deleted, an environment absent from the document
-is emptied. An environment's revision becomes the document's, or one more
-than the current one if that is higher, so gateways always see a change.
-Jobs still open are marked failed ("superseded by import").
+Import is all-or-nothing: the whole document is validated (each part by the
+same models as the API, plus cross-checks: unique names, context paths,
+credentials, every deployed snapshot naming a project of the document), then
+ONE commit makes the configuration equal to it. `format` and `version` are
+required (so `{}` is a 422 and changes nothing).
+
+What an import may take away (the rule that keeps a careless document from
+emptying the gateways):
+
+- A project deployed now is never removed by an import, with or without
+  `?prune=true`: a document that would delete it, or leave it out of an
+  environment where it is deployed (or leave that environment out), gets 409
+  `deployed` naming each project and environment; undeploy it through the API
+  first, exactly as `DELETE /projects/{name}` demands.
+- Anything else the document lacks (undeployed projects, consumers, gateway
+  tokens) is deleted only with `?prune=true`; without it the import gets 409
+  `would_delete` naming them.
+
+An environment's revision becomes the document's, or one more than the
+current one if that is higher, so gateways always see a change. Jobs still
+open are marked failed ("superseded by import").
 """
 
 from __future__ import annotations
@@ -21,8 +35,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from tandem.ams.errors import invalid
-from tandem.ams.models import JwtCredential, Name, Project, Strict, routes_conflict
+from tandem.ams.errors import ApiError, invalid
+from tandem.ams.models import Ident, JwtCredential, Name, Project, Strict, routes_conflict
 from tandem.ams.services.environments import channel, get_env, list_envs
 from tandem.ams.services.registry import JOBS_CHANNEL
 from tandem.ams.state import (
@@ -42,13 +56,13 @@ HEX64 = r"^[0-9a-f]{64}$"
 
 
 class KeyRecord(Strict):
-    id: str = Field(min_length=1, max_length=64)
+    id: Name
     sha256: str = Field(pattern=HEX64)
     created_at: str
 
 
 class BasicAuthRecord(Strict):
-    username: str = Field(min_length=1, max_length=128, pattern=r"^[^:\s]+$")
+    username: Ident = Field(min_length=1, max_length=128, pattern=r"^[^:\s]+$")
     password_hash: str = Field(pattern=r"^(sha256\$([0-9a-f]{2})+\$[0-9a-f]{64}"
                                        r"|scrypt\$[0-9]{1,2}\$[0-9]{1,2}\$[0-9]{1,2}\$([0-9a-f]{2})+\$([0-9a-f]{2})+)$")
 
@@ -66,8 +80,8 @@ class ConsumerRecord(Strict):
 
 
 class GatewayTokenRecord(Strict):
-    id: str = Field(min_length=1, max_length=64)
-    name: str = Field(min_length=1, max_length=128)
+    id: Name
+    name: Name
     created_at: str
     sha256: str = Field(pattern=HEX64)
 
@@ -79,8 +93,8 @@ class EnvironmentRecord(Strict):
 
 
 class ExportDocument(Strict):
-    format: Literal["tandem-ams"] = "tandem-ams"
-    version: Literal[1] = 1
+    format: Literal["tandem-ams"] = Field(description="required: always 'tandem-ams'")
+    version: Literal[1] = Field(description="required: the document format's version, 1")
     projects: list[Project] = Field(default_factory=list)
     consumers: list[ConsumerRecord] = Field(default_factory=list)
     gateway_tokens: list[GatewayTokenRecord] = Field(default_factory=list)
@@ -127,8 +141,13 @@ def check_document(doc: ExportDocument) -> None:
     _unique(doc.consumers, "name", "consumers")
     _unique(doc.gateway_tokens, "sha256", "gateway_tokens")
     _unique(doc.environments, "name", "environments")
+    names = {p.name for p in doc.projects}
     for i, env in enumerate(doc.environments):
         _unique(env.projects, "name", f"environments[{i}].projects")
+        for j, p in enumerate(env.projects):
+            if p.name not in names:  # a deployed project cannot be deleted: not in a document either
+                raise invalid(f"environments[{i}].projects[{j}].name",
+                              f"{p.name!r} is deployed here but is not one of the document's projects")
         _no_route_clash([p.model_dump(mode="json") for p in env.projects], f"environments[{i}].projects")
     keys: dict[str, str] = {}
     owners: dict[tuple[str, str], str] = {}
@@ -146,10 +165,42 @@ def check_document(doc: ExportDocument) -> None:
                 owners[(kind, ident)] = c.name
 
 
-def import_document(state: AmsState, doc: ExportDocument) -> dict[str, Any]:
+def check_removals(store: Any, doc: ExportDocument, prune: bool) -> None:
+    """409 if the document would take a deployed project off a gateway, or (without
+    `prune`) delete anything else."""
+    wanted_envs = {e.name: {p.name for p in e.projects} for e in doc.environments}
+    wanted_projects = {p.name for p in doc.projects}
+    deployed: list[str] = []
+    for env in list_envs(store):
+        for name in sorted(env["projects"]):
+            if name not in wanted_envs.get(env["name"], set()) or name not in wanted_projects:
+                deployed.append(f"{name} ({env['name']})")
+    if deployed:
+        raise _conflict("deployed", "projects", deployed,
+                        f"the document would remove deployed projects: {', '.join(deployed)}; an import never "
+                        "takes a deployed project off its gateways (not even with ?prune=true): undeploy "
+                        "them first")
+    if prune:
+        return
+    gone = [f"project {k}" for k, _ in store.scan(NS_PROJECTS) if k not in wanted_projects]
+    gone += [f"consumer {k}" for k, _ in store.scan(NS_CONSUMERS) if k not in {c.name for c in doc.consumers}]
+    gone += [f"gateway token {v.get('id', '?')} ({v.get('name', '')})" for k, v in store.scan(NS_GATEWAY_TOKENS)
+             if k not in {t.sha256 for t in doc.gateway_tokens}]
+    if gone:
+        raise _conflict("would_delete", "body", gone,
+                        f"the document would delete {', '.join(gone)}; repeat with ?prune=true to delete "
+                        "what the document leaves out")
+
+
+def _conflict(code: str, field: str, names: list[str], message: str) -> ApiError:
+    return ApiError(409, code, message, field, names=names)
+
+
+def import_document(state: AmsState, doc: ExportDocument, prune: bool = False) -> dict[str, Any]:
     check_document(doc)
     with state.lock:
         store = state.store()
+        check_removals(store, doc, prune)
         ops: list[Op] = []
         for ns, wanted in ((NS_PROJECTS, {p.name: p.model_dump(mode="json") for p in doc.projects}),
                            (NS_CONSUMERS, {c.name: c.model_dump(mode="json") for c in doc.consumers}),

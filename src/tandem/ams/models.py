@@ -13,13 +13,28 @@ import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tandem.ams.policies import AUTH_TYPES, HTTP_METHOD, Policy
 from tandem.ams.policies import FieldError as FieldError  # re-exported: errors.py and callers import it here
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+# every name the admin API takes (projects, consumers, environments, gateway tokens, ...): ASCII
+# letters and digits first, then also '.', '_', '-'; 1-64 characters; so never NUL, a newline,
+# a space or a '/' (pydantic's regex engine anchors `$` at the very end: "a\n" is refused)
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="letters, digits, '.', '_', '-'; at most 64")]
+# identifiers that are not names (a JWT issuer is often a URL, a username may hold '@'):
+# printable, no whitespace or control characters
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def no_control(v: str) -> str:
+    if _CONTROL.search(v):
+        raise ValueError("must not contain control characters (NUL, newline, tab, ...)")
+    return v
+
+
+Ident = Annotated[str, AfterValidator(no_control)]
 HOST_PATTERN = r"^(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*(:[0-9]{1,5})?$"
 _SEGMENT_BAD = re.compile(r"(^|/)\.{1,2}(/|$)|//|[?#\s\\]")
 
@@ -156,7 +171,7 @@ def routes_conflict(a: dict[str, Any], b: dict[str, Any]) -> bool:
 # ---- consumers ----
 
 class BasicAuthCredentialIn(Strict):
-    username: str = Field(min_length=1, max_length=128, pattern=r"^[^:\s]+$")
+    username: Ident = Field(min_length=1, max_length=128, pattern=r"^[^:\s]+$")
     password: str = Field(min_length=8, max_length=1024)
 
 
@@ -168,7 +183,7 @@ class JwtCredential(Strict):
     the consumer, and the token is verified with the keys of the jwt policy's
     `jwks_url` (on a project whose jwt policy has no `jwks_url` it matches no token)."""
 
-    key: str = Field(min_length=1, max_length=256)
+    key: Ident = Field(min_length=1, max_length=256)
     algorithm: Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384"] = "HS256"
     secret: str | None = Field(default=None, min_length=16, max_length=4096)
     public_key: str | None = Field(default=None, min_length=1, max_length=16_384)
@@ -184,7 +199,39 @@ class JwtCredential(Strict):
         elif self.secret is not None:
             raise FieldError(("secret",), f"{self.algorithm} is verified with a 'public_key', not a 'secret' "
                                           "(or give neither for a JWKS-identified credential)")
+        if self.public_key is not None:
+            check_public_key(self.algorithm, self.public_key)
         return self
+
+
+def check_public_key(algorithm: str, text: str) -> None:
+    """The gateway must be able to verify with it: a PEM public key (or an X.509
+    certificate holding one) of the algorithm's family; else a FieldError on `public_key`."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    data = text.encode("utf-8", "replace")
+    try:
+        if b"-----BEGIN CERTIFICATE-----" in data:
+            key: Any = x509.load_pem_x509_certificate(data).public_key()
+        else:
+            key = load_pem_public_key(data)
+    except (ValueError, TypeError) as exc:
+        raise FieldError(("public_key",), "not a PEM public key (-----BEGIN PUBLIC KEY-----) or certificate: "
+                         f"{exc}") from None
+    if algorithm.startswith("RS"):
+        if not isinstance(key, rsa.RSAPublicKey):
+            raise FieldError(("public_key",), f"{algorithm} needs an RSA public key")
+        if key.key_size < 2048:
+            raise FieldError(("public_key",), f"an RSA key of {key.key_size} bits is too weak (at least 2048)")
+    else:
+        curves = {"ES256": ec.SECP256R1, "ES384": ec.SECP384R1}
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise FieldError(("public_key",), f"{algorithm} needs an EC public key")
+        if not isinstance(key.curve, curves[algorithm]):
+            raise FieldError(("public_key",), f"{algorithm} needs a key on {curves[algorithm].name}, "
+                                              f"not {key.curve.name}")
 
 
 class CredentialsIn(Strict):

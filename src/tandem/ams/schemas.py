@@ -48,7 +48,7 @@ class Gateway(BaseModel):
 
 
 class GatewayTokenRequest(Strict):
-    name: str = Field(min_length=1, max_length=128, description="which gateway (or pair) uses it")
+    name: Name = Field(description="which gateway (or pair) uses it: letters, digits, '.', '_', '-'; at most 64")
 
 
 class GatewayToken(BaseModel):

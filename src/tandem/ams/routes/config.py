@@ -37,9 +37,17 @@ def export_configuration(svc: Svc) -> Any:
 
 
 @router.post("/import", response_model=ImportResult)
-def import_configuration(doc: ExportDocument, svc: Svc) -> Any:
-    """Make the configuration equal to the document, in one change, or change nothing."""
-    return import_document(svc.state, doc)
+def import_configuration(
+    doc: ExportDocument,
+    svc: Svc,
+    prune: Annotated[bool, Query(description="also delete what the document leaves out (never a "
+                                             "deployed project)")] = False,
+) -> Any:
+    """Make the configuration equal to the document, in one change, or change nothing.
+
+    `format` and `version` are required. A document that would remove a deployed project is a 409
+    (undeploy it first); one that would delete anything else is a 409 unless `?prune=true`."""
+    return import_document(svc.state, doc, prune)
 
 
 @router.post("/import/openapi", status_code=201, response_model=Project, openapi_extra=OPENAPI_BODY)
