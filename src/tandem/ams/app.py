@@ -18,6 +18,7 @@ from fastapi.security import HTTPBearer
 
 from tandem.ams import errors
 from tandem.ams.auth import AuthMiddleware, ensure_admin_token
+from tandem.ams.limits import AdminLimits, AdminStats, BodyLimits
 from tandem.ams.routes import config, consumers, gateway, projects
 from tandem.ams.services import Services
 from tandem.ams.state import AmsState
@@ -56,6 +57,10 @@ def create_app(server: ServerProcess | Any) -> FastAPI:
         return {"status": "ok", "server": server.profile.server.Name}
 
     app.add_middleware(AuthMiddleware, state=svc.state, on_request=lambda: ensure_worker(svc))
+    # outermost: a body past the limits is refused before authentication reads anything else
+    limits = AdminLimits.from_profile(server.profile)
+    app.state.admin_limits, app.state.admin_stats = limits, AdminStats()
+    app.add_middleware(BodyLimits, limits=limits, stats=app.state.admin_stats)
     return app
 
 

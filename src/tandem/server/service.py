@@ -109,8 +109,11 @@ class ASGIService(ClientService):
     """An ASGI app (the AMS admin API) under uvicorn, on a socket we own so that
     closing the port is immediate rather than at uvicorn's next 100 ms tick."""
 
-    def __init__(self, app: Any, host: str, port: int) -> None:
+    def __init__(self, app: Any, host: str, port: int, http: Any = "httptools",
+                 timeout_keep_alive: float = 5.0) -> None:
         self.app, self.host, self.port = app, host, port
+        # `http`: uvicorn's protocol setting; the AMS passes a class with its deadlines and cap
+        self.http, self.timeout_keep_alive = http, timeout_keep_alive
         self._server: Any = None
         self._task: asyncio.Task[None] | None = None
 
@@ -119,7 +122,8 @@ class ASGIService(ClientService):
 
         sock = listen_socket(self.host, self.port)
         config = uvicorn.Config(self.app, lifespan="off", log_level="warning", access_log=False,
-                                timeout_graceful_shutdown=5, loop="none", http="httptools")
+                                timeout_graceful_shutdown=5, loop="none", http=self.http,
+                                timeout_keep_alive=self.timeout_keep_alive)  # type: ignore[arg-type]
         self._server = uvicorn.Server(config)
         # the server process owns signals: uvicorn must neither install handlers nor
         # re-raise a captured signal when it shuts down (that would look like a second SIGTERM)
@@ -165,9 +169,13 @@ def make_client_service(server: ServerProcess) -> ClientService:
     prof = server.profile
     if prof.mode == "AMS":
         from tandem.ams.app import create_app
+        from tandem.ams.protocol import protocol_class
 
-        return ASGIService(DurabilityGate(create_app(server), server), prof.server.ClientAddress,
-                           prof.server.ClientPort)
+        app = create_app(server)
+        limits, stats = app.state.admin_limits, app.state.admin_stats
+        server.metric_sources.append(stats.prometheus)  # tandem_admin_* on the HA port's /metrics
+        return ASGIService(DurabilityGate(app, server), prof.server.ClientAddress, prof.server.ClientPort,
+                           http=protocol_class(limits, stats), timeout_keep_alive=limits.idle_timeout)
     from tandem.ags.service import create_service
 
     return create_service(server)

@@ -1,0 +1,221 @@
+"""Limits of the admin API (the AMS client port) and their counters.
+
+Two layers keep a hostile or careless client from costing the AMS more than a
+bounded amount of memory and event-loop time (the loop also runs the HA work,
+under a 2 s watchdog):
+
+- the connection (`tandem.ams.protocol`): a deadline for the whole request
+  head, an idle keep-alive timeout, a connection cap;
+- the request body (`BodyLimits`, ASGI middleware, outermost in the app): a
+  declared `Content-Length` above `AdminMaxBodyBytes` gets 413 at once, before
+  one body byte is read; a body without one is counted as it streams and
+  refused at the limit (never buffered past it); a JSON body is then parsed
+  off the event loop and its nesting checked against `AdminMaxJSONDepth`
+  (422) before any handler sees it.
+
+Every refusal is counted in `AdminStats`; `AdminStats.prometheus()` gives the
+lines the server's `/metrics` appends (it is registered in
+`server.metric_sources`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+log = logging.getLogger("tandem.ams.limits")
+
+# reasons a request or connection is refused (the label of tandem_admin_refused_total)
+REFUSALS = ("body_too_large", "json_too_deep", "header_timeout", "idle_timeout", "too_many_connections")
+LOG_EVERY = 60.0  # s: a refusal of one kind is logged at most once a minute
+
+
+@dataclass(frozen=True)
+class AdminLimits:
+    """The `[admin]` profile section in the units the code uses (bytes, levels, seconds)."""
+
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_json_depth: int = 64
+    header_timeout: float = 30.0
+    idle_timeout: float = 75.0
+    max_connections: int = 1024
+
+    @classmethod
+    def from_profile(cls, profile: Any) -> AdminLimits:
+        section = getattr(profile, "admin", None)
+        if section is None:
+            return cls()
+        return cls(max_body_bytes=int(section.AdminMaxBodyBytes), max_json_depth=int(section.AdminMaxJSONDepth),
+                   header_timeout=section.AdminHeaderTimeout / 1000, idle_timeout=section.AdminIdleTimeout / 1000,
+                   max_connections=int(section.AdminMaxConnections))
+
+
+class AdminStats:
+    """Counters of the admin port; thread-safe (handlers run in threads)."""
+
+    def __init__(self) -> None:
+        self.refused: Counter[str] = Counter()
+        self.connections = 0  # open now (set by the protocol)
+        self._lock = threading.Lock()
+        self._logged: dict[str, float] = {}
+
+    def refuse(self, reason: str, detail: str) -> None:
+        """Count a refusal; log it unless one of the same kind was logged within a minute."""
+        now = time.monotonic()
+        with self._lock:
+            self.refused[reason] += 1
+            last = self._logged.get(reason)
+            quiet = last is not None and now - last < LOG_EVERY
+            if not quiet:
+                self._logged[reason] = now
+            total = self.refused[reason]
+        if not quiet:
+            log.warning("admin port refused (%s): %s [%d so far; logged at most once a minute]",
+                        reason, detail, total)
+
+    def prometheus(self) -> bytes:
+        lines = ["# HELP tandem_admin_connections open connections on the AMS admin (client) port",
+                 "# TYPE tandem_admin_connections gauge",
+                 f"tandem_admin_connections {self.connections}",
+                 "# HELP tandem_admin_refused_total requests and connections the admin port refused, by reason",
+                 "# TYPE tandem_admin_refused_total counter"]
+        with self._lock:
+            for reason in sorted(set(REFUSALS) | set(self.refused)):
+                lines.append(f'tandem_admin_refused_total{{reason="{reason}"}} {self.refused[reason]}')
+        return ("\n".join(lines) + "\n").encode()
+
+
+def json_depth(value: Any, limit: int) -> int:
+    """Nesting depth of a parsed JSON value (a scalar is 0), walking at most until `limit` is passed."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        depth += 1
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        stack.extend((child, depth) for child in children if isinstance(child, (dict, list)))
+    return deepest
+
+
+def check_json(body: bytes, limit: int) -> str | None:
+    """Parse `body` as JSON (in a worker thread) and return why it is too deep, or None.
+    Malformed JSON is left to the handler (a 400 naming the body)."""
+    try:
+        doc = json.loads(body)
+    except RecursionError:
+        return f"nested deeper than {limit} levels (AdminMaxJSONDepth)"
+    except ValueError:
+        return None
+    depth = json_depth(doc, limit)
+    if depth > limit:
+        return f"nested deeper than {limit} levels (AdminMaxJSONDepth)"
+    return None
+
+
+def _is_json(scope: dict[str, Any]) -> bool:
+    for name, value in scope.get("headers", []):
+        if name == b"content-type":
+            media = bytes(value).split(b";", 1)[0].strip().lower()
+            return media == b"application/json" or media.endswith(b"+json")
+    return True  # FastAPI parses a body without a content type as JSON
+
+
+def _content_length(scope: dict[str, Any]) -> int | None:
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+Receive = Callable[[], Awaitable[Any]]
+Send = Callable[[Any], Awaitable[None]]
+
+
+class BodyLimits:
+    """ASGI middleware: body size and JSON nesting limits, before anything parses the body."""
+
+    def __init__(self, app: Any, limits: AdminLimits, stats: AdminStats) -> None:
+        self.app, self.limits, self.stats = app, limits, stats
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS", "DELETE") \
+                and _content_length(scope) in (None, 0):
+            await self.app(scope, receive, send)
+            return
+        limit = self.limits.max_body_bytes
+        declared = _content_length(scope)
+        if declared is not None and declared > limit:
+            await self._too_large(scope, send, f"Content-Length {declared}")
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await self._too_large(scope, send, f"more than {limit} bytes streamed")
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        del chunks
+        if body and _is_json(scope):
+            reason = await anyio.to_thread.run_sync(check_json, body, self.limits.max_json_depth)
+            if reason is not None:
+                self.stats.refuse("json_too_deep", f"{scope.get('method')} {scope.get('path')}: {reason}")
+                await send_error(send, 422, {"code": "too_deep", "message": f"body: {reason}", "field": "body",
+                                             "detail": [{"loc": ["body"], "msg": reason, "type": "too_deep",
+                                                         "field": "body"}]})
+                return
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: wait for the disconnect, as the server would
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope: dict[str, Any], send: Send, what: str) -> None:
+        limit = self.limits.max_body_bytes
+        self.stats.refuse("body_too_large", f"{scope.get('method')} {scope.get('path')}: {what}")
+        message = f"body: larger than {limit} bytes (AdminMaxBodyBytes)"
+        # close the connection: the rest of the body is never read
+        await send_error(send, 413, {"code": "body_too_large", "message": message, "field": "body",
+                                     "limit": limit,
+                                     "detail": [{"loc": ["body"], "msg": message, "type": "body_too_large",
+                                                 "field": "body"}]}, close=True)
+
+
+async def send_error(send: Send, status: int, body: dict[str, Any], close: bool = False) -> None:
+    payload = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
