@@ -12,11 +12,16 @@ renders the sum on the HA port's `/metrics`:
     tandem_gateway_errors_total{project, code}              counter, the gateway's own error answers by
                                                            their JSON `code` (rate_limited, invalid_credentials,
                                                            upstream_timeout, ...: docs/policies.md)
+    tandem_gateway_refused_total{reason}                   counter, client connections refused or cut by a
+                                                           client-side limit: header_timeout, body_timeout,
+                                                           send_timeout, keepalive_timeout, max_connections
     tandem_gateway_config_revision                         gauge, the configuration being served
     tandem_gateway_config_rejected_total                   counter, fetched documents refused
     tandem_gateway_workers                                 gauge, live serving processes
 
-Requests that match no project are counted under `project="_no_route"`.
+Requests that match no project are counted under `project="_no_route"`. The
+limit counters travel in the same snapshot under the key `REFUSED` (not a
+possible project name), as a `{reason: count}` dict.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from typing import Any
 
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 NO_ROUTE = "_no_route"
+REFUSED = "#refused"  # snapshot key of the client-side limit counters
+REFUSED_REASONS = ("header_timeout", "body_timeout", "send_timeout", "keepalive_timeout", "max_connections")
 _N = len(BUCKETS) + 1
 
 
@@ -61,6 +68,10 @@ class Metrics:
 
     def __init__(self) -> None:
         self.projects: dict[str, ProjectStats] = {}
+        self.refused: dict[str, int] = {}  # client-side limits hit, by reason (never on the request path)
+
+    def refuse(self, reason: str) -> None:
+        self.refused[reason] = self.refused.get(reason, 0) + 1
 
     def stats(self, project: str) -> ProjectStats:
         st = self.projects.get(project)
@@ -68,15 +79,24 @@ class Metrics:
             st = self.projects[project] = ProjectStats()
         return st
 
-    def snapshot(self) -> dict[str, list[Any]]:
-        return {name: st.to_json() for name, st in self.projects.items() if any(st.classes)}
+    def snapshot(self) -> dict[str, Any]:
+        snap: dict[str, Any] = {name: st.to_json() for name, st in self.projects.items() if any(st.classes)}
+        if self.refused:
+            snap[REFUSED] = dict(self.refused)
+        return snap
 
 
-def merge(snapshots: list[dict[str, list[Any]]]) -> dict[str, list[Any]]:
+def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
     """Sum snapshots (of workers, retired workers, the in-process gateway) per project."""
-    total: dict[str, list[Any]] = {}
+    total: dict[str, Any] = {}
     for snap in snapshots:
-        for name, (classes, lat, lat_sum, up, up_sum, errors) in snap.items():
+        for name, value in snap.items():
+            if name == REFUSED:
+                acc_r = total.setdefault(REFUSED, {})
+                for reason, n in value.items():
+                    acc_r[reason] = acc_r.get(reason, 0) + n
+                continue
+            classes, lat, lat_sum, up, up_sum, errors = value
             acc = total.get(name)
             if acc is None:
                 total[name] = [list(classes), list(lat), lat_sum, list(up), up_sum, dict(errors)]
@@ -109,7 +129,7 @@ def _histogram(out: list[str], name: str, project: str, counts: list[int], total
     out.append(f'{name}_count{{project="{project}"}} {cumulative}')
 
 
-def render(merged: dict[str, list[Any]], revision: int, rejected: int, workers: int) -> bytes:
+def render(merged: dict[str, Any], revision: int, rejected: int, workers: int) -> bytes:
     out = [
         "# HELP tandem_gateway_config_revision revision of the configuration being served",
         "# TYPE tandem_gateway_config_revision gauge",
@@ -120,10 +140,17 @@ def render(merged: dict[str, list[Any]], revision: int, rejected: int, workers: 
         "# HELP tandem_gateway_workers live gateway serving processes",
         "# TYPE tandem_gateway_workers gauge",
         f"tandem_gateway_workers {workers}",
+        "# HELP tandem_gateway_refused_total client connections refused or cut by a client-side limit",
+        "# TYPE tandem_gateway_refused_total counter",
+    ]
+    refused = merged.get(REFUSED, {})
+    out += [f'tandem_gateway_refused_total{{reason="{reason}"}} {refused.get(reason, 0)}'
+            for reason in sorted(set(REFUSED_REASONS) | set(refused))]
+    out += [
         "# HELP tandem_gateway_requests_total requests by project and status class",
         "# TYPE tandem_gateway_requests_total counter",
     ]
-    names = sorted(merged)
+    names = sorted(name for name in merged if name != REFUSED)
     for name in names:
         for i, n in enumerate(merged[name][0]):
             if n and i:

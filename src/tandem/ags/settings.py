@@ -1,10 +1,13 @@
 """Gateway settings: the `[gateway]` profile section plus the data plane's limits.
 
-The profile gives `Environment`, `Workers`, `Token` and `AccessLog`. The
-limits and timeouts below have defaults; each can be overridden by an
-environment variable `TANDEM_GATEWAY_<NAME>` (e.g. `TANDEM_GATEWAY_READ_TIMEOUT=2`)
-or, once the profile grows the key, by `[gateway]` (`ReadTimeout`, ...).
-`TANDEM_GATEWAY_TOKEN` overrides `Token` (SPEC section 2).
+The profile gives `Environment`, `Workers`, `Token`, `AccessLog` and the
+client-side limits (`ClientHeaderTimeout`, `ClientBodyTimeout`, `SendTimeout`,
+`KeepAliveTimeout` in milliseconds, `MaxConnections`, `AllowTrace`: see
+`config/model.py` GatewaySection). Every limit and timeout below has a
+default and can be overridden by an environment variable
+`TANDEM_GATEWAY_<FIELD>` in the field's own unit (seconds for times, e.g.
+`TANDEM_GATEWAY_READ_TIMEOUT=2`, `TANDEM_GATEWAY_SEND_TIMEOUT=0.5`), which
+wins over the profile. `TANDEM_GATEWAY_TOKEN` overrides `Token` (SPEC section 2).
 
 Settings travel to worker processes as JSON, so every field is a plain value.
 """
@@ -47,9 +50,13 @@ class GatewaySettings:
     keepalive: int = 64  # idle connections kept per target and process
     max_upstream_connections: int = 1024  # per target and process; more requests wait
     fail_timeout: float = 10.0  # a target that failed to connect is skipped this long
-    # client side
-    client_idle_timeout: float = 75.0
-    client_header_timeout: float = 30.0
+    # client side (docs/gateway.md "Client-side limits")
+    client_header_timeout: float = 30.0  # a whole request head, from its first byte (not restarted per byte)
+    client_body_timeout: float = 60.0  # longest gap between two reads of a request body -> 408, close
+    send_timeout: float = 60.0  # longest a response write waits on a client that takes no byte -> dropped
+    keepalive_timeout: float = 75.0  # an idle keep-alive connection (no request started) is closed
+    max_connections: int = 4096  # client connections per serving process; past it: 503 and close
+    allow_trace: bool = False  # TRACE is answered 405 unless this is set
     # feed
     feed_wait: int = 25
     feed_backoff_max: float = 5.0
@@ -62,15 +69,18 @@ class GatewaySettings:
         return cls(**json.loads(text))
 
 
-# profile key -> field; the env name is TANDEM_GATEWAY_ + the field upper-cased
-_TUNABLES = {
-    "MaxHeaderBytes": "max_header_bytes", "MaxHeaders": "max_headers", "MaxUrlBytes": "max_url_bytes",
-    "MaxBodyBytes": "max_body_bytes", "ConnectTimeout": "connect_timeout", "ReadTimeout": "read_timeout",
-    "Keepalive": "keepalive", "MaxUpstreamConnections": "max_upstream_connections",
-    "FailTimeout": "fail_timeout", "ClientIdleTimeout": "client_idle_timeout",
-    "ClientHeaderTimeout": "client_header_timeout", "FeedWait": "feed_wait",
-    "FeedBackoffMax": "feed_backoff_max",
+# fields overridable only by their environment variable (TANDEM_GATEWAY_ + the field upper-cased)
+_ENV_ONLY = ("max_header_bytes", "max_headers", "max_url_bytes", "max_body_bytes", "connect_timeout",
+             "read_timeout", "keepalive", "max_upstream_connections", "fail_timeout", "feed_wait",
+             "feed_backoff_max")
+# [gateway] profile keys (GatewaySection) -> field, and the factor from the key's unit to the field's
+_PROFILE = {
+    "ClientHeaderTimeout": ("client_header_timeout", 0.001), "ClientBodyTimeout": ("client_body_timeout", 0.001),
+    "SendTimeout": ("send_timeout", 0.001), "KeepAliveTimeout": ("keepalive_timeout", 0.001),
+    "MaxConnections": ("max_connections", 1),
 }
+# environment names kept from before the profile keys existed
+_ALIASES = {"TANDEM_GATEWAY_CLIENT_IDLE_TIMEOUT": "keepalive_timeout"}
 
 
 def settings_from_profile(profile: Profile, env: dict[str, str] | None = None) -> GatewaySettings:
@@ -88,14 +98,23 @@ def settings_from_profile(profile: Profile, env: dict[str, str] | None = None) -
     in_process = workers == 1 and env.get("TANDEM_GATEWAY_INPROCESS", "0") == "1"
     access = getattr(gw, "AccessLog", True) if gw is not None else True
     values: dict[str, Any] = {}
-    for key, field in _TUNABLES.items():
-        kind = type(getattr(GatewaySettings, field))
-        raw = getattr(gw, key, None) if gw is not None else None
-        if raw is not None:
-            values[field] = _number(kind, f"[gateway] {key}", raw)
+    if gw is not None:
+        for key, (field, factor) in _PROFILE.items():
+            raw = getattr(gw, key)
+            value = _number(int, f"[gateway] {key}", raw)
+            if value <= 0:
+                raise ConfigError(f"[gateway] {key}: must be positive, got {raw!r}")
+            values[field] = value * factor if factor != 1 else value
+        values["allow_trace"] = bool(gw.AllowTrace)
+    for field in (*_ENV_ONLY, *(f for f, _ in _PROFILE.values())):
         env_name = "TANDEM_GATEWAY_" + field.upper()
         if env.get(env_name):
-            values[field] = _number(kind, env_name, env[env_name])
+            values[field] = _number(type(getattr(GatewaySettings, field)), env_name, env[env_name])
+    for env_name, field in _ALIASES.items():
+        if env.get(env_name) and not env.get("TANDEM_GATEWAY_" + field.upper()):
+            values[field] = _number(float, env_name, env[env_name])
+    if env.get("TANDEM_GATEWAY_ALLOW_TRACE"):
+        values["allow_trace"] = env["TANDEM_GATEWAY_ALLOW_TRACE"].lower() in ("1", "true", "yes")
     run_dir: Path = profile.run_dir
     return GatewaySettings(
         host=profile.server.ClientAddress,
