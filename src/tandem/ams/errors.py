@@ -74,6 +74,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "malformed request body"},
     401: {"model": ErrorBody, "description": "missing or wrong bearer token"},
     403: {"model": ErrorBody, "description": "a gateway token outside the config feed"},
+    413: {"model": ErrorBody, "description": "body larger than the admin port's limit (AdminMaxBodyBytes)"},
     503: {"model": ErrorBody, "description": "this server is not serving (its store is closed)"},
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "description": "no such resource"}}

@@ -23,12 +23,13 @@ from urllib.parse import urlsplit
 import yaml
 
 from tandem.ams.errors import invalid
+from tandem.ams.limits import MAX_NODES, json_depth
 
 OPERATIONS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 MAX_DOCUMENT = 10 * 1024 * 1024
 
 
-def parse_document(raw: bytes) -> dict[str, Any]:
+def parse_document(raw: bytes, max_depth: int = 64) -> dict[str, Any]:
     if len(raw) > MAX_DOCUMENT:
         raise invalid("body", f"document larger than {MAX_DOCUMENT} bytes")
     try:
@@ -45,6 +46,13 @@ def parse_document(raw: bytes) -> dict[str, Any]:
         except yaml.YAMLError as exc:
             reason = " ".join(str(exc).split())
             raise invalid("body", f"neither JSON nor YAML: {reason}") from exc
+        except RecursionError:
+            raise invalid("body", f"nested deeper than {max_depth} levels (AdminMaxJSONDepth)") from None
+    # a JSON body was checked before (tandem.ams.limits); YAML here, within a node budget
+    # (aliases can make a small document a huge tree)
+    if json_depth(doc, max_depth) > max_depth:
+        raise invalid("body", f"nested deeper than {max_depth} levels (AdminMaxJSONDepth), or too many "
+                              f"nodes (more than {MAX_NODES})")
     if not isinstance(doc, dict):
         raise invalid("body", f"expected an OpenAPI document (an object), got {type(doc).__name__}")
     return doc

@@ -59,6 +59,8 @@ async def import_openapi(
     target: Annotated[str | None, Query(max_length=2048)] = None,
 ) -> Any:
     """Create a project from an OpenAPI 3 document: one resource per path and operation."""
-    doc = parse_document(await request.body())
+    limit = request.app.state.admin_limits.max_json_depth
+    # YAML is parsed in pure Python: never on the event loop (it runs the HA work)
+    doc = await anyio.to_thread.run_sync(parse_document, await request.body(), limit)
     project = Project.model_validate(project_from_openapi(doc, name, context_path, target))
     return await anyio.to_thread.run_sync(svc.projects.create, project)
