@@ -6,7 +6,8 @@ Every error the gateway answers itself has the same shape,
 clients and dashboards match on them, so they never change meaning.
 
     status  code                   when
-    400     bad_request            httptools rejected the request, CL+TE, two Content-Lengths, bad path
+    400     bad_request            httptools rejected the request, CL+TE, two Content-Lengths, two Hosts,
+                                   a path climbing above "/" or holding %2F, %5C, %00, "\\" or ";"
     401     missing_credentials    an auth policy (api-key, basic-auth, jwt) found no credentials
     401     invalid_credentials    unknown/revoked key, wrong password, bad token signature or consumer
     401     token_expired          jwt: `exp` passed (beyond the policy's leeway)
@@ -15,6 +16,9 @@ clients and dashboards match on them, so they never change meaning.
     403     ip_forbidden           ip-filter: the client address is denied or not allowed
     403     cors_forbidden         cors: a preflight from an origin, method or header not allowed
     404     no_route               no deployed project matches host, method and path
+    405     method_not_allowed     TRACE (unless [gateway] AllowTrace)
+    408     request_timeout        the request head took longer than ClientHeaderTimeout, or the body
+                                   paused longer than ClientBodyTimeout
     413     payload_too_large      the body is larger than the gateway's limit
     414     uri_too_long           the request target is longer than the limit
     429     rate_limited           rate-limit: over the limit in this window (Retry-After, RateLimit-*)
@@ -23,11 +27,14 @@ clients and dashboards match on them, so they never change meaning.
     500     policy_error           a policy step failed unexpectedly (logged): the request is not let through
     501     upgrade_not_supported  `Connection: upgrade` (WebSocket, h2c) or CONNECT
     501     policy_not_supported   the project has a policy this gateway cannot enforce (fail closed)
+    501     transfer_encoding_not_supported  a Transfer-Encoding other than exactly `chunked`
     502     upstream_unavailable   no healthy target, connect refused/reset, upstream closed early
     503     rate_limit_unavailable rate-limit with fail = "closed" while Redis is unreachable
     503     quota_unavailable      quota: the count could not be made durable (store or replication)
     503     auth_unavailable       jwt: the JWKS cannot be fetched and no key set is cached
+    503     too_many_connections   the serving process has MaxConnections client connections open
     504     upstream_timeout       connect or read timeout
+    505     version_not_supported  a request line other than HTTP/1.0 or HTTP/1.1 (HTTP/0.9, HTTP/2.0)
 
 A dependency of a policy that is down (Redis, the JWKS endpoint, the store)
 is a 503, never a 401/403: the client's credentials were not the problem.
@@ -40,6 +47,8 @@ import time
 from email.utils import formatdate
 
 REASONS = {400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found",
+           405: b"Method Not Allowed", 408: b"Request Timeout",
+           505: b"HTTP Version Not Supported",
            429: b"Too Many Requests", 413: b"Payload Too Large", 414: b"URI Too Long",
            431: b"Request Header Fields Too Large", 500: b"Internal Server Error", 501: b"Not Implemented",
            502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout"}
@@ -55,6 +64,11 @@ MESSAGES = {
     "upstream_unavailable": "the upstream service is unavailable",
     "upstream_timeout": "the upstream service did not answer in time",
     "internal_error": "internal error",
+    "method_not_allowed": "this method is not allowed on this gateway",
+    "request_timeout": "the request did not arrive in time",
+    "transfer_encoding_not_supported": "only the chunked transfer coding is supported",
+    "too_many_connections": "this gateway has too many open connections; try again later",
+    "version_not_supported": "only HTTP/1.0 and HTTP/1.1 are supported",
 }
 
 

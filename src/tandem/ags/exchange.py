@@ -422,6 +422,7 @@ class Exchange:
         # ClientProtocol.exchange_done, inlined for the common case: a kept-alive connection, nothing queued
         # (`closing` is also set when the connection is closed)
         cp.cur = None
+        cp.idle_t = pool.now  # the sweeper's clock (at most 250 ms behind): the keep-alive deadline's start
         out = cp.out
         if out:
             cp.transport.writelines(out)  # type: ignore[union-attr]

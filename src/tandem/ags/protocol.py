@@ -13,6 +13,14 @@ another is in flight is queued (with its body, if any, in its own buffer) and
 the connection stops reading until the queue drains. Reading is also paused
 while the upstream connection's write buffer is full (bit 2) and while a
 connection is being opened with more than 256 KiB of body waiting (bit 4).
+
+Client-side deadlines are not timers: the connection keeps the times the
+sweeper (runtime.py) needs: `head_t` (the first URL byte of the head being
+read: a head that trickles in is not given more time per byte), `idle_t`
+(when it last became idle, waiting for a head), `last_rx` (the last read: the
+body-progress deadline) and `send_t` (the last time its full write buffer
+shrank: the send deadline). Setting them costs one attribute store per
+request at most.
 """
 
 from __future__ import annotations
@@ -40,13 +48,16 @@ SKIP_REQUEST = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"t
                           b"transfer-encoding", b"upgrade", b"host", b"x-forwarded-for", b"x-forwarded-proto",
                           b"x-forwarded-host", b"x-request-id", b"expect", b"content-length",
                           b"proxy-authorization", b"x-consumer-name"})
+# also dropped from what a client sends (a backend could trust them for the client's address), though a
+# policy may set them: not in SKIP_REQUEST, which the AMS's list of protected headers mirrors
+DROP_REQUEST = SKIP_REQUEST | {b"x-real-ip", b"forwarded"}
 REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=@-]{1,128}")
 PAUSE_PIPELINE, PAUSE_UPSTREAM, PAUSE_CONNECTING = 1, 2, 4
 # request header names as clients spell them -> the lower-case name when SKIP_REQUEST has it, else None
 # (a dict hit avoids lower() for the common ones; other names are lowered)
 _REQUEST_NAMES: dict[bytes, bytes | None] = {
-    **{n: n for n in SKIP_REQUEST}, **{n.title(): n for n in SKIP_REQUEST},
-    b"X-Request-ID": b"x-request-id", b"TE": b"te",
+    **{n: n for n in DROP_REQUEST}, **{n.title(): n for n in DROP_REQUEST},
+    b"X-Request-ID": b"x-request-id", b"TE": b"te", b"X-Real-IP": b"x-real-ip",
     **{n: None for n in (b"User-Agent", b"Accept", b"Accept-Encoding", b"Accept-Language", b"Content-Type",
                          b"Authorization", b"Cookie", b"Origin", b"Referer", b"Cache-Control", b"Pragma",
                          b"If-None-Match", b"If-Modified-Since", b"user-agent", b"accept", b"accept-encoding",
@@ -56,6 +67,10 @@ _FORWARDED = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Hos
 _FORWARDED_NO_HOST = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\nX-Request-Id: %s\r\n\r\n"
 DISCARD_LIMIT = 1024 * 1024
 LINGER = 2.0
+REFUSED_LINGER = 0.5  # a connection over MaxConnections: read and drop this long after its 503
+_PATH_REFUSED = re.compile(rb"%(?:2[fF]|5[cC]|00)|[\\;]")
+_PATH_WHAT = {b"%2f": "an encoded '/' (%2F)", b"%5c": "an encoded '\\' (%5C)", b"%00": "an encoded NUL (%00)",
+              b"\\": "a '\\'", b";": "a ';'"}
 _new_exchange = object.__new__
 
 
@@ -79,7 +94,10 @@ class ClientProtocol(asyncio.Protocol):
         self.closed = False
         self.advancing = False
         self.fatal: Reject | None = None
-        self.last_rx = self.loop.time()
+        self.last_rx = self.idle_t = self.loop.time()
+        self.head_t = 0.0
+        self.send_t = 0.0
+        self.send_left = 0
         self.linger_until = 0.0
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
@@ -91,6 +109,11 @@ class ClientProtocol(asyncio.Protocol):
     # ---- asyncio ----
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        gw = self.gw
+        if len(gw.connections) >= self.limits.max_connections:
+            self.closing = True  # data_received reads and drops
+            gw.refuse_connection(self, transport)  # type: ignore[arg-type]
+            return
         peer = transport.get_extra_info("peername")
         self.ip = peer[0].encode() if peer else b"-"
         self.forwarded = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: " % self.ip
@@ -99,6 +122,7 @@ class ClientProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = self.closing = True
         self.gw.connections.discard(self)
+        self.gw.lingering.discard(self)
         cur = self.cur
         if cur is not None:
             cur.client_gone()
@@ -106,6 +130,8 @@ class ClientProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self.send_t = self.loop.time()  # the send deadline runs from here, and again from each drop in the buffer
+        self.send_left = self.transport.get_write_buffer_size() if self.transport is not None else 0
         cur = self.cur
         if cur is not None and cur.conn is not None:
             cur.hold_upstream(cur.conn)
@@ -149,7 +175,12 @@ class ClientProtocol(asyncio.Protocol):
         return bool(self.url or self.headers)
 
     def on_url(self, url: bytes) -> None:
-        self.url = url = self.url + url
+        prev = self.url
+        if prev:
+            url = prev + url
+        else:
+            self.head_t = self.last_rx  # the head's deadline runs from its first URL byte, never restarted
+        self.url = url
         if len(url) > self.max_url:
             raise Reject(414, "uri_too_long")
 
@@ -169,7 +200,8 @@ class ClientProtocol(asyncio.Protocol):
         gw = self.gw
         host = b""
         clen: bytes | None = None
-        chunked = expect = connection = False
+        chunked = expect = connection = te_other = False
+        hosts = 0
         rid: bytes | None = None
         xff: bytes | None = None
         parts: list[bytes] = []
@@ -178,14 +210,19 @@ class ClientProtocol(asyncio.Protocol):
             low = kinds.get(name, name)  # a known spelling: its lower-case form if skipped, else None
             if low is name:
                 low = name.lower()
-                if low not in SKIP_REQUEST:
+                if low not in DROP_REQUEST:
                     low = None
             if low is not None:
                 if low == b"host":
                     host = value
+                    hosts += 1
                 elif low == b"content-length":
                     clen = value
                 elif low == b"transfer-encoding":
+                    # exactly one `chunked`: llhttp takes "gzip, chunked" and a second header, which a
+                    # backend would then read as a coded body; other codings are refused (501), not relayed
+                    if chunked or value.lower().strip(b" \t") != b"chunked":
+                        te_other = True
                     chunked = True
                 elif low == b"x-forwarded-for":
                     xff = value if xff is None else xff + b", " + value
@@ -198,10 +235,16 @@ class ClientProtocol(asyncio.Protocol):
                 continue
             parts += [name, b": ", value, b"\r\n"]
         nhead = len(parts)
+        if hosts > 1:
+            raise Reject(400, "bad_request", "more than one Host header")
+        if te_other:
+            raise Reject(501, "transfer_encoding_not_supported")
         if rid is None:
             gw.rid = n = gw.rid + 1
             rid = gw.rid_format % n
         method = parser.get_method()
+        if method == b"TRACE" and not self.limits.allow_trace:
+            raise Reject(405, "method_not_allowed", "TRACE is not allowed on this gateway")
         ex = _new_exchange(Exchange)  # Exchange.__init__, inlined (no Python call)
         ex.cp, ex.method, ex.rid, ex.t0, ex.uout = self, method, rid, perf_counter(), []
         ex.host = host
@@ -213,12 +256,17 @@ class ClientProtocol(asyncio.Protocol):
         if q:
             ex.query = q + query
         ex.path = url
-        if url[:1] != b"/" or url.partition(b"/.")[1] or url.partition(b"%2")[1]:
+        if (url[:1] != b"/" or url.partition(b"/.")[1] or url.partition(b"%")[1] or url.partition(b";")[1]
+                or url.partition(b"\\")[1]):
             if url.startswith(b"http://") or url.startswith(b"https://"):  # absolute-form
                 start = url.find(b"//") + 2
                 slash = url.find(b"/", start)
                 host = url[start: slash if slash > 0 else None]
                 url = url[slash:] if slash > 0 else b"/"
+            bad = _PATH_REFUSED.search(url)
+            if bad is not None:  # the one rule for what a backend could read as another path (docs/gateway.md)
+                raise Reject(400, "bad_request",
+                             f"the request path must not contain {_PATH_WHAT[bad.group().lower()]}")
             path = normalize_path(url)
             if path is None:
                 raise Reject(400, "bad_request", "the request target must be a path without '..' above the root")
@@ -227,9 +275,17 @@ class ClientProtocol(asyncio.Protocol):
             path = url
         # llhttp keeps an HTTP/1.0 connection alive only when told to by a Connection header: without
         # one, keep-alive means HTTP/1.1, and get_http_version() (a str.format) is not needed
+        # llhttp refuses versions other than 0.9, 1.0, 1.1 and 2.0, and keeps a 0.9 or 2.0 connection alive
+        # only when a Connection header says so: the version needs reading only on this branch
         keep_alive = parser.should_keep_alive()
-        if (connection or not keep_alive) and parser.get_http_version() == "1.0":
-            ex.http10 = True
+        if connection or not keep_alive:
+            version = parser.get_http_version()
+            if version == "1.0":
+                ex.http10 = True
+            elif version != "1.1":
+                raise Reject(505, "version_not_supported", f"HTTP/{version} is not supported: HTTP/1.0 or 1.1 only")
+            elif not host:
+                raise Reject(400, "bad_request", "HTTP/1.1 requires a Host header")
         elif not host:
             raise Reject(400, "bad_request", "HTTP/1.1 requires a Host header")
         if not keep_alive:
@@ -314,6 +370,7 @@ class ClientProtocol(asyncio.Protocol):
             self.paused &= ~bit
             if not self.paused and self.transport is not None and not self.closing:
                 self.transport.resume_reading()
+                self.last_rx = self.loop.time()  # the body deadline does not count time we did not read
 
     def flush(self) -> None:
         out = self.out  # the same list for the connection's life: the upstream side appends to it
@@ -333,6 +390,7 @@ class ClientProtocol(asyncio.Protocol):
             self.flush()
             return  # the rest of its body is still coming; on_message_complete calls again
         self.cur = None
+        self.idle_t = self.loop.time()
         if self.advancing:
             return
         queue = self.queue

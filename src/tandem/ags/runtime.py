@@ -7,8 +7,10 @@ and keeps the project it matched, so requests in flight finish on the
 configuration they started with while new ones see the new one.
 
 The sweeper (every 250 ms) does what would otherwise cost a timer per
-request: upstream read timeouts, client header/idle timeouts, the end of
-lingering closes, idle upstream connections, and flushing the access log.
+request: upstream read timeouts, the client-side deadlines (whole request
+head, body progress, response writes, idle keep-alive), the end of lingering
+closes, idle upstream connections, and flushing the access log. Each
+client-side limit hit is counted (`tandem_gateway_refused_total{reason}`).
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from typing import Any
 
 from tandem.ags.accesslog import AccessLog
 from tandem.ags.config import CompiledConfig, compile_config
+from tandem.ags.errors import Reject, error_response
 from tandem.ags.health import HealthChecker
 from tandem.ags.metrics import NO_ROUTE, Metrics
 from tandem.ags.policies import Services
-from tandem.ags.protocol import ClientProtocol
+from tandem.ags.protocol import REFUSED_LINGER, ClientProtocol
 from tandem.ags.settings import GatewaySettings
 from tandem.ags.upstream import PoolManager
 
@@ -34,6 +37,7 @@ log = logging.getLogger("tandem.ags")
 
 SWEEP_INTERVAL = 0.25
 UPSTREAM_IDLE_TIMEOUT = 60.0
+REFUSAL_LOG_INTERVAL = 10.0  # connections refused over MaxConnections: one log line per this many seconds
 
 
 class Gateway:
@@ -47,6 +51,9 @@ class Gateway:
         self.unrouted = self.metrics.stats(NO_ROUTE)
         self.accesslog = AccessLog(settings.access_log) if settings.access_log else None
         self.connections: set[ClientProtocol] = set()
+        self.lingering: set[ClientProtocol] = set()  # refused over MaxConnections: 503 sent, closing
+        self.over_cap = 0  # refused since the last log line
+        self.over_cap_log_at = 0.0
         self.draining = False
         self.servers: list[asyncio.AbstractServer] = []
         self.rid_prefix = secrets.token_hex(4).encode() + b"-"  # request ids: this prefix + a counter
@@ -58,6 +65,28 @@ class Gateway:
     def __repr__(self) -> str:
         return (f"<Gateway revision={self.config.revision} projects={len(self.config.projects)} "
                 f"connections={len(self.connections)} draining={self.draining}>")
+
+    def refuse_connection(self, cp: ClientProtocol, transport: asyncio.Transport) -> None:
+        """A connection past MaxConnections: 503, then closed (counted; logged once per interval)."""
+        self.metrics.refuse("max_connections")
+        self.over_cap += 1
+        now = self.loop.time()
+        if now >= self.over_cap_log_at:
+            self._log_over_cap(now)
+        transport.write(error_response(503, "too_many_connections", self.next_request_id(), close=True))
+        if len(self.lingering) < self.settings.max_connections and transport.can_write_eof():
+            transport.write_eof()  # read and drop a moment: a client that sent its request reads the 503
+            cp.linger_until = now + REFUSED_LINGER
+            self.lingering.add(cp)
+        else:
+            transport.close()
+
+    def _log_over_cap(self, now: float) -> None:
+        log.warning("gateway: %d new connection(s) refused with 503 too_many_connections: MaxConnections "
+                    "(%d per serving process) reached; %d open", self.over_cap, self.settings.max_connections,
+                    len(self.connections))
+        self.over_cap = 0
+        self.over_cap_log_at = now + REFUSAL_LOG_INTERVAL
 
     def next_request_id(self) -> bytes:
         self.rid += 1
@@ -129,18 +158,59 @@ class Gateway:
                     conn.ex.on_timeout()
                 else:
                     pool.discard(conn)
+        if self.lingering:
+            for cp in list(self.lingering):
+                if now > cp.linger_until:
+                    self.lingering.discard(cp)
+                    if cp.transport is not None:
+                        cp.transport.abort()
+        if self.over_cap and now >= self.over_cap_log_at:
+            self._log_over_cap(now)
+        refuse = self.metrics.refuse
         for cp in list(self.connections):
-            if cp.closing:
-                if cp.linger_until and now > cp.linger_until and cp.transport is not None:
-                    cp.transport.close()
+            transport = cp.transport
+            if transport is None:
                 continue
-            quiet = now - cp.last_rx
+            if cp.closing:
+                lu = cp.linger_until
+                if lu and now > lu:
+                    if now > lu + s.send_timeout:  # its buffer never drained: the client reads nothing
+                        transport.abort()
+                    else:
+                        transport.close()  # (waits for the buffer to drain)
+                continue
+            if cp.write_paused:  # the send deadline: from the pause, restarted whenever the buffer shrank
+                left = transport.get_write_buffer_size()
+                if left < cp.send_left:
+                    cp.send_left, cp.send_t = left, now
+                elif now - cp.send_t > s.send_timeout:
+                    refuse("send_timeout")
+                    cur = cp.cur
+                    if cur is not None and not cur.done:  # its upstream connection is closed, not kept
+                        cur.abort(f"the client read nothing for {s.send_timeout:g} s")
+                    cp.closing = True
+                    transport.abort()
+                    continue
             cur = cp.cur
             if cur is None:
-                if quiet > (s.client_header_timeout if cp.in_head else s.client_idle_timeout) \
-                        or (self.draining and not cp.in_head):
+                if cp.in_head:
+                    if now - max(cp.head_t, cp.idle_t) > s.client_header_timeout:
+                        refuse("header_timeout")
+                        cp.answer_and_close(Reject(408, "request_timeout", "the request head did not arrive "
+                                                   f"within {s.client_header_timeout:g} s"))
+                elif self.draining:
                     cp.close()
-            elif not cur.req_complete and quiet > s.client_idle_timeout and not cur.done:
-                cur.abort("the client stopped sending its request body")
+                elif now - cp.idle_t > s.keepalive_timeout:
+                    refuse("keepalive_timeout")
+                    cp.close()
+            elif not cur.req_complete and not cp.paused and now - cp.last_rx > s.client_body_timeout:
+                refuse("body_timeout")
+                if cur.done:  # answered early; the rest of the body stopped coming
+                    cp.close()
+                elif cur.resp_started:
+                    cur.abort("the client stopped sending its request body")
+                else:
+                    cur.fail(408, "request_timeout", f"no request body byte for {s.client_body_timeout:g} s")
+                    cp.flush()
         if self.accesslog is not None:
             self.accesslog.flush()
