@@ -122,9 +122,10 @@ class Gateway:
         deadline = self.loop.time() + timeout
         while self.connections and self.loop.time() < deadline:
             await asyncio.sleep(0.02)
-        for cp in list(self.connections):
+        for cp in [*self.connections, *self.lingering]:
             if cp.transport is not None:
                 cp.transport.abort()
+        self.lingering.clear()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
