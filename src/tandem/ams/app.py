@@ -56,11 +56,13 @@ def create_app(server: ServerProcess | Any) -> FastAPI:
         """Unauthenticated: is this AMS serving (load balancers prefer the HA port's /ha/active)."""
         return {"status": "ok", "server": server.profile.server.Name}
 
-    app.add_middleware(AuthMiddleware, state=svc.state, on_request=lambda: ensure_worker(svc))
-    # outermost: a body past the limits is refused before authentication reads anything else
     limits = AdminLimits.from_profile(server.profile)
     app.state.admin_limits, app.state.admin_stats = limits, AdminStats()
+    # the last added runs first: a declared length past the limit is refused before anything else;
+    # the body is read (counted, depth-checked) only once the request is authenticated
     app.add_middleware(BodyLimits, limits=limits, stats=app.state.admin_stats)
+    app.add_middleware(AuthMiddleware, state=svc.state, on_request=lambda: ensure_worker(svc))
+    app.add_middleware(BodyLimits, limits=limits, stats=app.state.admin_stats, declared_only=True)
     return app
 
 

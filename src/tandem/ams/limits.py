@@ -6,7 +6,8 @@ under a 2 s watchdog):
 
 - the connection (`tandem.ams.protocol`): a deadline for the whole request
   head, an idle keep-alive timeout, a connection cap;
-- the request body (`BodyLimits`, ASGI middleware, outermost in the app): a
+- the request body (`BodyLimits`, ASGI middleware: outermost in the app for a
+  declared length, right after authentication for the body itself): a
   declared `Content-Length` above `AdminMaxBodyBytes` gets 413 at once, before
   one body byte is read; a body without one is counted as it streams and
   refused at the limit (never buffered past it); a JSON body's nesting is then
@@ -166,8 +167,10 @@ Send = Callable[[Any], Awaitable[None]]
 class BodyLimits:
     """ASGI middleware: body size and JSON nesting limits, before anything parses the body."""
 
-    def __init__(self, app: Any, limits: AdminLimits, stats: AdminStats) -> None:
-        self.app, self.limits, self.stats = app, limits, stats
+    def __init__(self, app: Any, limits: AdminLimits, stats: AdminStats, declared_only: bool = False) -> None:
+        # declared_only: the outer instance, before authentication, refuses a declared length
+        # only; the inner one, after it, reads (so no unauthenticated body is ever buffered)
+        self.app, self.limits, self.stats, self.declared_only = app, limits, stats, declared_only
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS", "DELETE") \
@@ -178,6 +181,9 @@ class BodyLimits:
         declared = _content_length(scope)
         if declared is not None and declared > limit:
             await self._too_large(scope, send, f"Content-Length {declared}")
+            return
+        if self.declared_only:
+            await self.app(scope, receive, send)
             return
         chunks: list[bytes] = []
         size = 0
