@@ -139,6 +139,14 @@ def test_crud_deploy_consumers_and_export_through_the_cli(ams: Ams, tmp_path: Pa
     after = api(home, "export")
     first = json.loads(exported.read_text())
     assert after["projects"] == first["projects"] and after["consumers"] == first["consumers"]
+    # a document that leaves a project out removes it only with --prune
+    smaller = _write(tmp_path / "smaller.json", json.dumps(
+        {**first, "projects": [p for p in first["projects"] if p["name"] != "petstore"]}))
+    r = cli(home, "api", "import", smaller)
+    assert r.returncode == 1 and "HTTP 409" in r.stderr and "petstore" in r.stderr, r.stderr
+    assert api(home, "import", smaller, "--prune")["projects"] == 1
+    assert [p["name"] for p in api(home, "projects", "list")] == ["pets"]
+    assert api(home, "import", str(exported))["projects"] == 2  # and back
     # a deployed project cannot be deleted: HTTP error -> one line, exit 1
     r = cli(home, "api", "projects", "delete", "pets")
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "undeploy it first" in r.stderr

@@ -92,8 +92,11 @@ def register(subparsers: Any) -> None:
 
     add(sub, "export", export, "the whole configuration as one document",
         ("--output", {"default": None, "help": "write to this file instead of stdout"}))
-    add(sub, "import", lambda c, a: c.post("/api/v1/import", json=read_document(a.file)),
-        "make the configuration equal to an exported document (all or nothing)", file_arg)
+    add(sub, "import", lambda c, a: c.post("/api/v1/import", json=read_document(a.file),
+                                           params={"prune": "true"} if a.prune else None),
+        "make the configuration equal to an exported document (all or nothing)", file_arg,
+        ("--prune", {"action": "store_true",
+                     "help": "also delete what the document leaves out (never a deployed project)"}))
     add(sub, "import-openapi", import_openapi, "create a project from an OpenAPI 3 document", file_arg,
         ("--name", {"default": None}), ("--context-path", {"default": None}), ("--target", {"default": None}))
     add(sub, "gateways", lambda c, a: c.get("/api/v1/gateways"), "gateways that pull configuration")
