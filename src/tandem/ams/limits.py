@@ -29,9 +29,12 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
+
+if TYPE_CHECKING:
+    from tandem.config.model import Profile
 
 log = logging.getLogger("tandem.ams.limits")
 
@@ -51,8 +54,8 @@ class AdminLimits:
     max_connections: int = 1024
 
     @classmethod
-    def from_profile(cls, profile: Any) -> AdminLimits:
-        section = getattr(profile, "admin", None)
+    def from_profile(cls, profile: Profile | None) -> AdminLimits:
+        section = profile.admin if profile is not None else None
         if section is None:
             return cls()
         return cls(max_body_bytes=int(section.AdminMaxBodyBytes), max_json_depth=int(section.AdminMaxJSONDepth),
