@@ -68,6 +68,7 @@ def ams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ams]:
     init_home(path)
     fresh_ports(path)
     set_profile_values(path, "server1/AMS", [f"admin.AdminHeaderTimeout={int(HEADER_TIMEOUT * 1000)}",
+                                             f"admin.AdminBodyTimeout={int(HEADER_TIMEOUT * 1000)}",
                                              f"admin.AdminIdleTimeout={int(IDLE_TIMEOUT * 1000)}",
                                              f"admin.AdminMaxConnections={MAX_CONNECTIONS}"])
     home = Home(path)
@@ -263,6 +264,20 @@ def test_a_dripping_request_head_is_closed_at_the_deadline(ams: Ams) -> None:
     assert closed_at is not None, "a client dripping a byte a second was never closed"
     assert closed_at < HEADER_TIMEOUT + 1.5, f"closed after {closed_at:.1f} s; the deadline is {HEADER_TIMEOUT} s"
     wait_for(lambda: ams.refused("header_timeout") > before, 2, "header_timeout counted")
+
+
+def test_a_stalled_request_body_is_closed_at_the_body_deadline(ams: Ams) -> None:
+    """AdminBodyTimeout: a declared body whose bytes stop coming is cut (408), the
+    connection closed, the refusal counted."""
+    before = ams.refused("body_timeout")
+    with _connect(ams) as s:
+        s.sendall(f"POST /api/v1/consumers HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ams.token}\r\n"
+                  "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"name\": ".encode())
+        closed, data, elapsed = _closed_within(s, HEADER_TIMEOUT + 4)
+    assert closed, "a stalled body kept its connection"
+    assert elapsed >= HEADER_TIMEOUT - 0.3, elapsed
+    assert data == b"" or data.startswith(b"HTTP/1.1 408"), data
+    wait_for(lambda: ams.refused("body_timeout") > before, 2, "body_timeout counted")
 
 
 def test_a_connection_that_never_sends_is_closed(ams: Ams) -> None:

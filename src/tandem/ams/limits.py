@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("tandem.ams.limits")
 
 # reasons a request or connection is refused (the label of tandem_admin_refused_total)
-REFUSALS = ("body_too_large", "json_too_deep", "header_timeout", "idle_timeout", "too_many_connections")
+REFUSALS = ("body_too_large", "json_too_deep", "header_timeout", "body_timeout", "idle_timeout",
+            "too_many_connections")
 LOG_EVERY = 60.0  # s: a refusal of one kind is logged at most once a minute
 
 
@@ -50,6 +51,7 @@ class AdminLimits:
     max_body_bytes: int = 8 * 1024 * 1024
     max_json_depth: int = 64
     header_timeout: float = 30.0
+    body_timeout: float = 60.0
     idle_timeout: float = 75.0
     max_connections: int = 1024
 
@@ -59,7 +61,8 @@ class AdminLimits:
         if section is None:
             return cls()
         return cls(max_body_bytes=int(section.AdminMaxBodyBytes), max_json_depth=int(section.AdminMaxJSONDepth),
-                   header_timeout=section.AdminHeaderTimeout / 1000, idle_timeout=section.AdminIdleTimeout / 1000,
+                   header_timeout=section.AdminHeaderTimeout / 1000, body_timeout=section.AdminBodyTimeout / 1000,
+                   idle_timeout=section.AdminIdleTimeout / 1000,
                    max_connections=int(section.AdminMaxConnections))
 
 

@@ -4,6 +4,9 @@
   within it, counted from the connection's opening for its first request and
   from the first byte of each later one. It never restarts per byte, so a
   client dripping one byte a second is closed at the deadline (408).
+- Body progress (`AdminBodyTimeout`): a request body that stalls longer than
+  this between two reads is cut (408, close), like nginx's client_body_timeout.
+  One timer per body, re-armed only when it fires early.
 - Idle keep-alive (`AdminIdleTimeout`): uvicorn's own keep-alive timer, which
   runs from the end of each response; a connection that never sends anything
   meets the head deadline instead.
@@ -40,6 +43,8 @@ class AdminProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._body_seen = 0.0  # loop time of the body's last bytes
         self._over_cap = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -55,6 +60,7 @@ class AdminProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        self._cancel_body_timer()
         super().connection_lost(exc)
         self.stats.connections = len(self.connections)
 
@@ -68,6 +74,39 @@ class AdminProtocol(HttpToolsProtocol):
         if self._over_cap:
             self.app = _service_unavailable(self.limits.max_connections)
         super().on_headers_complete()
+        if any(name in (b"content-length", b"transfer-encoding") for name, _ in self.headers):
+            self._cancel_body_timer()
+            self._body_seen = self.loop.time()
+            self._body_timer = self.loop.call_later(self.limits.body_timeout, self._body_check)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_seen = self.loop.time()
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._cancel_body_timer()
+        super().on_message_complete()
+
+    # ---- the body-progress deadline ----
+    def _cancel_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_check(self) -> None:
+        self._body_timer = None
+        if self.transport.is_closing():
+            return
+        quiet = self.loop.time() - self._body_seen
+        timeout = self.limits.body_timeout
+        if quiet < timeout:
+            self._body_timer = self.loop.call_later(timeout - quiet, self._body_check)
+            return
+        self.stats.refuse("body_timeout", f"{self._peer()} sent no body bytes for {timeout:g} s (AdminBodyTimeout)")
+        self.transport.write(_raw_response(408, "Request Timeout", {
+            "code": "body_timeout",
+            "message": f"the request body stalled for {timeout:g} s (AdminBodyTimeout)"}))
+        self.transport.close()
 
     def timeout_keep_alive_handler(self) -> None:
         if not self.transport.is_closing():

@@ -50,6 +50,7 @@ class AdminSection:
     AdminMaxBodyBytes: int = 8 * 1024 * 1024  # a larger request body gets 413 body_too_large before it is parsed
     AdminMaxJSONDepth: int = 64  # nesting deeper than this gets 422 before the document is used
     AdminHeaderTimeout: int = 30_000  # the whole request head, from its first byte
+    AdminBodyTimeout: int = 60_000  # longest gap between two reads of a request body (nginx client_body_timeout)
     AdminIdleTimeout: int = 75_000  # an idle keep-alive connection is closed after this
     AdminMaxConnections: int = 1024  # concurrent connections; past it new ones get 503
 

@@ -66,7 +66,7 @@ COUNT_KEYS = ("HeartbeatMisses", "ProbeFailures")
 LIMIT_KEYS: dict[str, tuple[str, ...]] = {
     "ha": ("HAMaxConnections", "HAHeaderTimeout", "HAIdleTimeout", "HAMaxControlBytes", "HAMaxBatchBytes"),
     "gateway": ("ClientHeaderTimeout", "ClientBodyTimeout", "SendTimeout", "KeepAliveTimeout", "MaxConnections"),
-    "admin": ("AdminMaxBodyBytes", "AdminMaxJSONDepth", "AdminHeaderTimeout", "AdminIdleTimeout",
+    "admin": ("AdminMaxBodyBytes", "AdminMaxJSONDepth", "AdminHeaderTimeout", "AdminBodyTimeout", "AdminIdleTimeout",
               "AdminMaxConnections"),
 }
 SECRET_KEYS = frozenset({"PairSecret", "Token"})
