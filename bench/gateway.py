@@ -1,6 +1,12 @@
 """Tandem's gateway against nginx, per BENCH-METHOD.md (the shared bench method).
 
     .venv/bin/python bench/gateway.py [--runs 5] [--duration 10] [--warmup 3] [--write docs/benchmarks.md]
+    .venv/bin/python bench/gateway.py --ab /tmp/old/src [--only one,keyauth]    # this tree vs an older one
+
+`--ab SRC`: an A/B of two versions of Tandem instead of Tandem vs nginx: this
+tree and the `src` folder of another checkout (run with `PYTHONPATH=SRC`),
+each as one worker process on cpu 1, interleaved, same wrk settings; `one`
+is the plain scenario, `keyauth` api-key + rate-limit. Printed, not written.
 
 Both proxies sit in front of the same nginx backend (a fixed ~90-byte body),
 measured in one run, interleaved (A B A B ...), with the same wrk settings
@@ -167,7 +173,7 @@ class Tandem:
 
     def __init__(self, work: Path, name: str, backend: int, projects: int, workers: int, cpuset: str,
                  in_process: bool = True, access_log: bool = False, policies: list[dict[str, Any]] | None = None,
-                 consumers: list[dict[str, Any]] | None = None) -> None:
+                 consumers: list[dict[str, Any]] | None = None, src: Path | None = None) -> None:
         from tandem.store import Op, open_store
 
         self.home = work / name
@@ -184,6 +190,8 @@ class Tandem:
         store.commit([Op("gateway", "config", doc)])
         store.close()
         env = dict(os.environ, TANDEM_GATEWAY_INPROCESS="1" if in_process else "0")
+        if src is not None:  # another checkout's code (--ab)
+            env["PYTHONPATH"] = str(src)
         self.log = open(work / f"{name}.log", "w")  # noqa: SIM115
         self.proc = subprocess.Popen(["taskset", "-c", cpuset, *cli, "server", "-mode", "AGS", "-profile",
                                       "server1", "-nobackground"], stdout=self.log, stderr=subprocess.STDOUT,
@@ -269,7 +277,11 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--write", type=Path, default=ROOT / "docs" / "benchmarks.md")
     ap.add_argument("--only", default="", help="comma-separated: one,log,process,floor,n,routing,keyauth,keyauth-n")
+    ap.add_argument("--ab", type=Path, default=None,
+                    help="src folder of another checkout: this tree's gateway vs that one (not written)")
     args = ap.parse_args()
+    if args.ab is not None:
+        return ab(args)
     for tool in ("nginx", "wrk", "taskset"):
         if shutil.which(tool) is None:
             print(f"bench/gateway.py needs {tool} (apt-get install -y nginx wrk util-linux)", file=sys.stderr)
@@ -396,6 +408,55 @@ def main() -> int:
         section = render_policies(args, policy_rows, n, load_before, load_after)
         print(section)
         write_section(args.write, section, "Gateway with policies")
+    return 0
+
+
+def ab(args: argparse.Namespace) -> int:
+    """This tree's gateway vs another checkout's (`--ab SRC`), one worker process on cpu 1 each."""
+    only = set(args.only.split(",")) if args.only else {"one", "keyauth"}
+    load_before = os.getloadavg()
+    lines: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="tandem-bench-ab-") as tmp:
+        work = Path(tmp)
+        bport = free_port()
+        procs: list[Any] = [Nginx(work, "backend", 1, BACKEND.format(port=bport, body=BODY), "0")]
+        path = "/api7/items/42"
+        try:
+            wait_until(lambda: subprocess.run(["curl", "-sf", f"http://127.0.0.1:{bport}/"],
+                                              capture_output=True).returncode == 0, 10, "nginx backend")
+            for scenario in ("one", "keyauth"):
+                if scenario not in only:
+                    continue
+                kw: dict[str, Any] = {"in_process": False}
+                if scenario == "keyauth":
+                    kw.update(consumers=KEY_CONSUMERS, policies=KEY_POLICIES)
+                new = Tandem(work, f"new-{scenario}", bport, 10, 1, "1", **kw)
+                old = Tandem(work, f"old-{scenario}", bport, 10, 1, "1", src=args.ab.resolve(), **kw)
+                procs += [new, old]
+                if scenario == "keyauth":
+                    HEADERS[new.port] = HEADERS[old.port] = [f"X-API-Key: {BENCH_KEY}"]
+                print(f"{scenario}: this tree vs {args.ab}", flush=True)
+                res = duel(("new", new.port, path, new.proc.pid), ("old", old.port, path, old.proc.pid),
+                           args.runs, args.duration, args.warmup, "0")
+                n_, o_ = res["new"], res["old"]
+                lines.append(f"| {scenario} | {med(o_, 'rps'):,.0f} | {med(n_, 'rps'):,.0f} | "
+                             f"{med(n_, 'rps') / med(o_, 'rps'):.3f} | {med(o_, 'cpu_us'):.1f} | "
+                             f"{med(n_, 'cpu_us'):.1f} | {med(n_, 'cpu_us') / med(o_, 'cpu_us'):.3f} | "
+                             f"{med(o_, 'p99'):.2f} / {med(n_, 'p99'):.2f} | {spread(o_)} / {spread(n_)} |")
+                if any(r["non2xx"] for r in n_ + o_):
+                    lines.append(f"({scenario}: non-2xx responses seen)")
+                new.stop()
+                old.stop()
+        finally:
+            for p in procs:
+                p.stop()
+    load_after = os.getloadavg()
+    print(f"\nA/B, 1 worker process on cpu 1, backend nginx and wrk on cpu 0, {args.runs} interleaved runs x "
+          f"{args.duration} s per side, medians; {cpu_model()}; load {load_before[0]:.2f} -> {load_after[0]:.2f}\n")
+    print("| scenario | old req/s | new req/s | new/old | old cpu us/req | new cpu us/req | new/old | "
+          "p99 ms old / new | spread old / new |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(lines))
     return 0
 
 
