@@ -413,7 +413,7 @@ def main() -> int:
 
 def ab(args: argparse.Namespace) -> int:
     """This tree's gateway vs another checkout's (`--ab SRC`), one worker process on cpu 1 each."""
-    only = set(args.only.split(",")) if args.only else {"one", "keyauth"}
+    only = set(args.only.split(",")) if args.only else {"one", "one-log", "keyauth"}
     load_before = os.getloadavg()
     lines: list[str] = []
     with tempfile.TemporaryDirectory(prefix="tandem-bench-ab-") as tmp:
@@ -424,10 +424,10 @@ def ab(args: argparse.Namespace) -> int:
         try:
             wait_until(lambda: subprocess.run(["curl", "-sf", f"http://127.0.0.1:{bport}/"],
                                               capture_output=True).returncode == 0, 10, "nginx backend")
-            for scenario in ("one", "keyauth"):
+            for scenario in ("one", "one-log", "keyauth"):
                 if scenario not in only:
                     continue
-                kw: dict[str, Any] = {"in_process": False}
+                kw: dict[str, Any] = {"in_process": False, "access_log": scenario == "one-log"}
                 if scenario == "keyauth":
                     kw.update(consumers=KEY_CONSUMERS, policies=KEY_POLICIES)
                 new = Tandem(work, f"new-{scenario}", bport, 10, 1, "1", **kw)

@@ -30,6 +30,24 @@ def test_profile_keys_in_milliseconds_become_seconds(tmp_path: Path) -> None:
     assert (s.send_timeout, s.keepalive_timeout, s.allow_trace) == (0.5, 9.0, False)
 
 
+def test_request_and_upstream_limits_are_profile_keys(tmp_path: Path) -> None:
+    """Every gateway limit has a `[gateway]` key (they were environment-only)."""
+    from tandem.ags.settings import GatewaySettings
+
+    prof = AgsStandIn.create(tmp_path, 1).profile
+    s = settings_from_profile(prof, env={})
+    d = GatewaySettings()
+    assert (s.max_header_bytes, s.max_headers, s.max_url_bytes, s.max_body_bytes, s.connect_timeout,
+            s.read_timeout, s.max_upstream_connections) == (d.max_header_bytes, d.max_headers, d.max_url_bytes,
+                                                            d.max_body_bytes, d.connect_timeout, d.read_timeout,
+                                                            d.max_upstream_connections)
+    gw = dataclasses.replace(prof.gateway, MaxHeaderBytes=4096, MaxHeaders=20, MaxUrlBytes=1024, MaxBodyBytes=1000,
+                             ConnectTimeout=1500, ReadTimeout=2500, MaxUpstreamConnections=8)
+    s = settings_from_profile(dataclasses.replace(prof, gateway=gw), env={"TANDEM_GATEWAY_MAX_HEADERS": "30"})
+    assert (s.max_header_bytes, s.max_headers, s.max_url_bytes, s.max_body_bytes, s.connect_timeout,
+            s.read_timeout, s.max_upstream_connections) == (4096, 30, 1024, 1000, 1.5, 2.5, 8)
+
+
 def test_a_non_positive_limit_names_the_key(tmp_path: Path) -> None:
     prof = AgsStandIn.create(tmp_path, 1).profile
     gw = dataclasses.replace(prof.gateway, SendTimeout=0)

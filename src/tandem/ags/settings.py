@@ -70,14 +70,15 @@ class GatewaySettings:
 
 
 # fields overridable only by their environment variable (TANDEM_GATEWAY_ + the field upper-cased)
-_ENV_ONLY = ("max_header_bytes", "max_headers", "max_url_bytes", "max_body_bytes", "connect_timeout",
-             "read_timeout", "keepalive", "max_upstream_connections", "fail_timeout", "feed_wait",
-             "feed_backoff_max")
+_ENV_ONLY = ("keepalive", "fail_timeout", "feed_wait", "feed_backoff_max")
 # [gateway] profile keys (GatewaySection) -> field, and the factor from the key's unit to the field's
 _PROFILE = {
     "ClientHeaderTimeout": ("client_header_timeout", 0.001), "ClientBodyTimeout": ("client_body_timeout", 0.001),
     "SendTimeout": ("send_timeout", 0.001), "KeepAliveTimeout": ("keepalive_timeout", 0.001),
     "MaxConnections": ("max_connections", 1),
+    "MaxHeaderBytes": ("max_header_bytes", 1), "MaxHeaders": ("max_headers", 1), "MaxUrlBytes": ("max_url_bytes", 1),
+    "MaxBodyBytes": ("max_body_bytes", 1), "ConnectTimeout": ("connect_timeout", 0.001),
+    "ReadTimeout": ("read_timeout", 0.001), "MaxUpstreamConnections": ("max_upstream_connections", 1),
 }
 # environment names kept from before the profile keys existed
 _ALIASES = {"TANDEM_GATEWAY_CLIENT_IDLE_TIMEOUT": "keepalive_timeout"}

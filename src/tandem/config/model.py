@@ -41,6 +41,13 @@ class GatewaySection:
     KeepAliveTimeout: int = 75_000  # an idle keep-alive connection is closed after this (nginx keepalive_timeout)
     MaxConnections: int = 4096  # client connections per worker; past it new ones get 503 and are closed
     AllowTrace: bool = False  # TRACE is refused (405) unless this is true
+    MaxHeaderBytes: int = 32 * 1024  # request head bytes (431)
+    MaxHeaders: int = 100  # request header fields (431)
+    MaxUrlBytes: int = 8 * 1024  # request target (414)
+    MaxBodyBytes: int = 128 * 1024 * 1024  # request body (413)
+    ConnectTimeout: int = 5000  # ms to connect to a target (504)
+    ReadTimeout: int = 60_000  # ms from the request sent to the first response byte (504)
+    MaxUpstreamConnections: int = 1024  # per target and worker; more requests wait for one
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,9 @@ COUNT_KEYS = ("HeartbeatMisses", "ProbeFailures")
 # limits (docs/limits.md): each a positive integer, milliseconds for the *Timeout keys
 LIMIT_KEYS: dict[str, tuple[str, ...]] = {
     "ha": ("HAMaxConnections", "HAHeaderTimeout", "HAIdleTimeout", "HAMaxControlBytes", "HAMaxBatchBytes"),
-    "gateway": ("ClientHeaderTimeout", "ClientBodyTimeout", "SendTimeout", "KeepAliveTimeout", "MaxConnections"),
+    "gateway": ("ClientHeaderTimeout", "ClientBodyTimeout", "SendTimeout", "KeepAliveTimeout", "MaxConnections",
+                "MaxHeaderBytes", "MaxHeaders", "MaxUrlBytes", "MaxBodyBytes", "ConnectTimeout", "ReadTimeout",
+                "MaxUpstreamConnections"),
     "admin": ("AdminMaxBodyBytes", "AdminMaxJSONDepth", "AdminHeaderTimeout", "AdminBodyTimeout", "AdminIdleTimeout",
               "AdminMaxConnections"),
 }
