@@ -284,9 +284,7 @@ class ClientProtocol(asyncio.Protocol):
                 ex.http10 = True
             elif version != "1.1":
                 raise Reject(505, "version_not_supported", f"HTTP/{version} is not supported: HTTP/1.0 or 1.1 only")
-            elif not host:
-                raise Reject(400, "bad_request", "HTTP/1.1 requires a Host header")
-        elif not host:
+        if not host and not ex.http10:
             raise Reject(400, "bad_request", "HTTP/1.1 requires a Host header")
         if not keep_alive:
             ex.keep_alive = False
