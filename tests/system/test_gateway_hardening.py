@@ -14,7 +14,6 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -36,24 +35,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, backend: tuple[str, Path])
         c.start("AMS")
         c.start("AGS")
         url, _ = backend
-        _deploy(c, "pub", "/pub", url + "/public")
-        _deploy(c, "priv", "/priv", url + "/private", [{"type": "api-key"}])
-        _deploy(c, "c", "/c", url + "/c")
+        c.deploy("pub", "/pub", url + "/public")
+        c.deploy("priv", "/priv", url + "/private", [{"type": "api-key"}])
+        c.deploy("c", "/c", url + "/c")
         wait_until(lambda: c.gateway_get("/c/ready").status_code == 200, 10, "projects served")
         yield c
     finally:
         c.close()
-
-
-def _deploy(c: CliCluster, name: str, context: str, url: str, policies: list[dict[str, Any]] | None = None) -> None:
-    body = {"name": name, "context_path": context, "targets": [{"url": url}], "policies": policies or []}
-    r = c.api.post("/api/v1/projects", json=body)
-    assert r.status_code == 201, r.text
-    r = c.api.post(f"/api/v1/projects/{name}/deploy", json={"environment": "default"})
-    assert r.status_code == 202, r.text
-    dep = r.json()["id"]
-    wait_until(lambda: c.api.get(f"/api/v1/deployments/{dep}").json()["status"] == "deployed", 10,
-               f"{name} deployed")
 
 
 def _port(c: CliCluster) -> int:

@@ -27,19 +27,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliCluster]:
         yield c
 
 
-def _deploy(c: CliCluster, name: str, context: str, url: str, policies: list[dict[str, Any]]) -> None:
-    body = {"name": name, "context_path": context, "targets": [{"url": url}], "policies": policies}
-    r = c.api.put(f"/api/v1/projects/{name}", json=body)
-    if r.status_code == 404:
-        r = c.api.post("/api/v1/projects", json=body)
-    assert r.status_code in (200, 201), r.text
-    r = c.api.post(f"/api/v1/projects/{name}/deploy", json={"environment": "default"})
-    assert r.status_code == 202, r.text
-    dep = r.json()["id"]
-    wait_until(lambda: c.api.get(f"/api/v1/deployments/{dep}").json()["status"] == "deployed", 10,
-               f"{name} deployed")
-
-
 def _get(c: CliCluster, path: str, method: str = "GET", **headers: str) -> httpx.Response:
     return httpx.request(method, c.gateway_url + path, headers=headers, timeout=10)
 
@@ -60,7 +47,7 @@ def test_api_key_allowed_refused_and_revoked(cluster: CliCluster, backend: tuple
     url, log = backend
     assert cluster.api.post("/api/v1/consumers", json={"name": "acme"}).status_code == 201
     issued = cluster.api.post("/api/v1/consumers/acme/keys").json()
-    _deploy(cluster, "keyed", "/keyed", url + "/k", [{"type": "api-key"}])
+    cluster.deploy("keyed", "/keyed", url + "/k", [{"type": "api-key"}])
     before = len(logged_requests(log))
     assert _code(_get(cluster, "/keyed/x")) == (401, "missing_credentials")
     assert _code(_get(cluster, "/keyed/x", **{"X-API-Key": "tk_not-a-key"})) == (401, "invalid_credentials")
@@ -82,7 +69,7 @@ def test_basic_auth(cluster: CliCluster, backend: tuple[str, Path]) -> None:
     r = cluster.api.post("/api/v1/consumers", json={
         "name": "bob", "credentials": {"basic_auth": [{"username": "bob", "password": "correct horse"}]}})
     assert r.status_code == 201, r.text
-    _deploy(cluster, "basic", "/basic", url, [{"type": "basic-auth", "realm": "shop"}])
+    cluster.deploy("basic", "/basic", url, [{"type": "basic-auth", "realm": "shop"}])
     before = len(logged_requests(log))
     r = _get(cluster, "/basic/x")
     assert _code(r) == (401, "missing_credentials") and 'realm="shop"' in r.headers["www-authenticate"]
@@ -99,8 +86,8 @@ def test_basic_auth(cluster: CliCluster, backend: tuple[str, Path]) -> None:
 
 def test_ip_filter(cluster: CliCluster, backend: tuple[str, Path]) -> None:
     url, log = backend
-    _deploy(cluster, "nolocal", "/nolocal", url, [{"type": "ip-filter", "deny": ["127.0.0.0/8", "::1/128"]}])
-    _deploy(cluster, "office", "/office", url, [{"type": "ip-filter", "allow": ["10.8.0.0/16"],
+    cluster.deploy("nolocal", "/nolocal", url, [{"type": "ip-filter", "deny": ["127.0.0.0/8", "::1/128"]}])
+    cluster.deploy("office", "/office", url, [{"type": "ip-filter", "allow": ["10.8.0.0/16"],
                                                  "trusted_proxies": ["127.0.0.1/32"]}])
     before = len(logged_requests(log))
     assert _code(_get(cluster, "/nolocal/x")) == (403, "ip_forbidden")
@@ -114,7 +101,7 @@ def test_ip_filter(cluster: CliCluster, backend: tuple[str, Path]) -> None:
 
 def test_cors(cluster: CliCluster, backend: tuple[str, Path]) -> None:
     url, log = backend
-    _deploy(cluster, "web", "/web", url, [{"type": "cors", "allow_origins": ["https://shop.example"],
+    cluster.deploy("web", "/web", url, [{"type": "cors", "allow_origins": ["https://shop.example"],
                                           "allow_methods": ["GET", "POST"], "max_age": 60}])
     before = len(logged_requests(log))
     r = _get(cluster, "/web/x", "OPTIONS", Origin="https://shop.example", **{"Access-Control-Request-Method": "POST"})
@@ -134,7 +121,7 @@ def test_cors(cluster: CliCluster, backend: tuple[str, Path]) -> None:
 
 def test_request_and_response_headers(cluster: CliCluster, backend: tuple[str, Path]) -> None:
     url, log = backend
-    _deploy(cluster, "hdr", "/hdr", url, [
+    cluster.deploy("hdr", "/hdr", url, [
         {"type": "request-headers", "set": {"X-Tenant": "blue"}, "remove": ["X-Debug"]},
         {"type": "response-headers", "remove": ["X-Backend"], "add": {"X-Frame-Options": "DENY"}}])
     before = len(logged_requests(log))

@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from tandem.ags.testcluster import CliCluster
-from tandem.ags.testkit import logged_requests, wait_until
+from tandem.ags.testkit import logged_requests
 
 REDIS_URL = os.environ.get("TANDEM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 HOUR = 3600
@@ -27,18 +27,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliCluster]:
     # one worker process (two workers sharing a node's count: test_node_limit_is_one_budget_for_all_workers)
     with CliCluster.started(tmp_path_factory.mktemp("ratelimit"), workers=1) as c:
         yield c
-
-
-def _deploy(c: CliCluster, name: str, url: str, policies: list[dict[str, Any]]) -> str:
-    body = {"name": name, "context_path": f"/{name}", "targets": [{"url": url}], "policies": policies}
-    r = c.api.post("/api/v1/projects", json=body)
-    assert r.status_code == 201, r.text
-    r = c.api.post(f"/api/v1/projects/{name}/deploy", json={"environment": "default"})
-    assert r.status_code == 202, r.text
-    dep = r.json()["id"]
-    wait_until(lambda: c.api.get(f"/api/v1/deployments/{dep}").json()["status"] == "deployed", 10,
-               f"{name} deployed")
-    return f"/{name}"
 
 
 def _get(c: CliCluster, path: str, **headers: str) -> httpx.Response:
@@ -77,7 +65,8 @@ def test_node_limit_per_ip_and_per_consumer(cluster: CliCluster, backend: tuple[
     url, log = backend
 
     def attempt(name: str) -> None:
-        path = _deploy(cluster, name, url, [{"type": "rate-limit", "limit": 3, "window": 1, "unit": "hour"}])
+        path = f"/{name}"
+        cluster.deploy(name, path, url, [{"type": "rate-limit", "limit": 3, "window": 1, "unit": "hour"}])
         _check_limit(cluster, log, path, 3)
 
     _in_one_window(attempt)
@@ -88,7 +77,8 @@ def test_node_limit_per_ip_and_per_consumer(cluster: CliCluster, backend: tuple[
         keys[who] = cluster.api.post(f"/api/v1/consumers/{who}/keys").json()["key"]
 
     def per_consumer(name: str) -> None:
-        path = _deploy(cluster, name, url, [{"type": "api-key"}, {"type": "rate-limit", "limit": 2, "window": 1,
+        path = f"/{name}"
+        cluster.deploy(name, path, url, [{"type": "api-key"}, {"type": "rate-limit", "limit": 2, "window": 1,
                                                                    "unit": "hour", "by": "consumer"}])
         r = _get(cluster, path + "/x")  # refused by the auth step before it is counted
         assert (r.status_code, r.json()["code"]) == (401, "missing_credentials")
@@ -110,7 +100,8 @@ def test_cluster_limit_in_redis(cluster: CliCluster, backend: tuple[str, Path]) 
     url, log = backend
 
     def attempt(name: str) -> None:
-        path = _deploy(cluster, name, url, [{"type": "rate-limit", "limit": 3, "window": 1, "unit": "hour",
+        path = f"/{name}"
+        cluster.deploy(name, path, url, [{"type": "rate-limit", "limit": 3, "window": 1, "unit": "hour",
                                              "scope": "cluster", "redis_url": REDIS_URL, "fail": "closed"}])
         try:
             _check_limit(cluster, log, path, 3)
@@ -129,7 +120,8 @@ def test_node_limit_is_one_budget_for_all_workers(tmp_path: Path, backend: tuple
     url, log = backend
     with CliCluster.started(tmp_path, workers=2) as c:
         def attempt(name: str) -> None:
-            path = _deploy(c, name, url, [{"type": "rate-limit", "limit": 10, "window": 1, "unit": "hour"}])
+            path = f"/{name}"
+            c.deploy(name, path, url, [{"type": "rate-limit", "limit": 10, "window": 1, "unit": "hour"}])
             before = len(logged_requests(log))
             statuses, workers = [], set()
             for _ in range(40):  # a new connection each time: SO_REUSEPORT spreads them over the workers

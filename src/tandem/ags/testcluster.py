@@ -140,6 +140,20 @@ class CliCluster:
                                      timeout=60, trust_env=False)
         return self._api
 
+    def deploy(self, name: str, context: str, url: str, policies: list[dict[str, Any]] | None = None) -> None:
+        """Create (or replace) project `name` at `context` -> `url` and deploy it to `default`; returns once
+        the deployment is `deployed` (10 s at most)."""
+        body = {"name": name, "context_path": context, "targets": [{"url": url}], "policies": policies or []}
+        r = self.api.put(f"/api/v1/projects/{name}", json=body)
+        if r.status_code == 404:
+            r = self.api.post("/api/v1/projects", json=body)
+        assert r.status_code in (200, 201), r.text
+        r = self.api.post(f"/api/v1/projects/{name}/deploy", json={"environment": "default"})
+        assert r.status_code == 202, r.text
+        dep = r.json()["id"]
+        wait_until(lambda: self.api.get(f"/api/v1/deployments/{dep}").json()["status"] == "deployed", 10,
+                   f"{name} deployed")
+
     def gateway_get(self, path: str, **kw: Any) -> httpx.Response:
         return httpx.get(self.gateway_url + path, timeout=kw.pop("timeout", 10), trust_env=False, **kw)
 
