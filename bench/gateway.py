@@ -256,7 +256,7 @@ def spread(rs: list[dict[str, float]]) -> str:
 
 
 def router_lookup_ns(projects: int) -> float:
-    from tandem.ags.config import compile_config
+    from tandem.ags.compiled_config import compile_config
 
     cfg = compile_config(make_document([project(f"p{i}", f"/api{i}/v1", "http://h/") for i in range(projects)]),
                          lambda t: None, lambda n: None, 5.0, 60.0)

@@ -60,12 +60,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tandem.ags.gateway_service import KEY as CONFIG_KEY
+from tandem.ags.gateway_service import NS as NS_GATEWAY
 from tandem.ags.quota_book import NS as NS_QUOTA
 from tandem.ags.quota_book import period_window
-from tandem.ags.service import KEY as CONFIG_KEY
-from tandem.ags.service import NS as NS_GATEWAY
 from tandem.ags.testkit import stop_process
-from tandem.ams.state import NS_CONSUMERS
+from tandem.ams.app_state import NS_CONSUMERS
 from tandem.config import configure_ha, init_home, load_profile, set_profile_values
 from tandem.server.pidlock import running_pid
 from tandem.store import SQLITE_FILENAME

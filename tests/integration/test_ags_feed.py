@@ -15,7 +15,7 @@ import pytest
 import uvloop
 
 from tandem.ags.echo import EchoServer
-from tandem.ags.service import KEY, NS, GatewayService
+from tandem.ags.gateway_service import KEY, NS, GatewayService
 from tandem.ags.testkit import AgsStandIn, FeedServer, free_port, make_document, project, send_and_read
 from tandem.store import Op
 

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from tandem.ags.balancer import Target
-from tandem.ags.config import ConfigRejected, validate_document
+from tandem.ags.compiled_config import ConfigRejected, validate_document
 from tandem.ags.echo import EchoServer
+from tandem.ags.gateway import Gateway
 from tandem.ags.health import Check, HealthState, record
-from tandem.ags.runtime import Gateway
 from tandem.ags.testkit import make_document, project, run_gateway, send_and_read
 
 

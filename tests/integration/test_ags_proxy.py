@@ -12,9 +12,9 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
-from tandem.ags.config import validate_document
+from tandem.ags.compiled_config import validate_document
 from tandem.ags.echo import EchoServer
-from tandem.ags.runtime import Gateway
+from tandem.ags.gateway import Gateway
 from tandem.ags.testkit import free_port, make_document, project, run_gateway, send_and_read
 
 GET = b"GET %s HTTP/1.1\r\nHost: api.test\r\n\r\n"

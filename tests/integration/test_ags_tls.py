@@ -15,12 +15,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tandem.ags.config import validate_document
+from tandem.ags.compiled_config import validate_document
 from tandem.ags.echo import EchoProtocol, EchoServer
-from tandem.ags.runtime import Gateway
+from tandem.ags.gateway import Gateway
 from tandem.ags.settings import GatewaySettings
 from tandem.ags.testkit import make_document, project, send_and_read
-from tandem.server.service import listen_socket
+from tandem.net.sockets import listen_socket
 
 
 def _ca_and_cert(folder: Path) -> tuple[Path, Path, Path]:

@@ -374,17 +374,17 @@ def test_a_new_active_restores_the_token_file_from_the_environment(tmp_path: Pat
 
     monkeypatch.setenv("TANDEM_ADMIN_TOKEN", "pair-token-0123456789abcdefghijkl")
     with InProcessAms(tmp_path / "a") as ams:
-        bootstrap(ams.server)
+        bootstrap(ams.app.state.services)
         assert ams.token_file.read_text().strip() == "pair-token-0123456789abcdefghijkl"
         ams.token_file.unlink()
         ams.app.state.services.state.bootstrapped = None  # as a fresh process would be
-        bootstrap(ams.server)
+        bootstrap(ams.app.state.services)
         assert ams.token_file.read_text().strip() == "pair-token-0123456789abcdefghijkl"
         lsn = ams.store.last_lsn()
         monkeypatch.setenv("TANDEM_ADMIN_TOKEN", "another-token-0123456789abcdefghij")
         ams.token_file.unlink()
         ams.app.state.services.state.bootstrapped = None
-        bootstrap(ams.server)
+        bootstrap(ams.app.state.services)
         assert not ams.token_file.exists() and ams.store.last_lsn() == lsn
         r = ams.client.get("/api/v1/projects", headers={"Authorization": "Bearer pair-token-0123456789abcdefghijkl"})
         assert r.status_code == 200

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from tandem.ams.feed import verify_document
 from tandem.ams.services import deployments as deployments_module
 from tandem.ams.testkit import InProcessAms
+from tandem.model.document import verify_document
 from tandem.store import Op
 
 PROJECT = {"name": "pets", "context_path": "/pets", "targets": [{"url": "http://127.0.0.1:9000"}]}

@@ -263,7 +263,7 @@ async def _get(port: int, path: str, key: str | None) -> tuple[int, bytes]:
 
 
 def test_bad_policy_never_reaches_a_gateway(tmp_path: Path) -> None:
-    from tandem.ags.service import GatewayService
+    from tandem.ags.gateway_service import GatewayService
     from tandem.ags.settings import settings_from_profile
 
     with InProcessAms(tmp_path / "ams") as ams, ams.serve() as url:

@@ -9,9 +9,9 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tandem.ags.config import validate_document
+from tandem.ags.compiled_config import validate_document
 from tandem.ags.echo import EchoServer
-from tandem.ags.runtime import Gateway
+from tandem.ags.gateway import Gateway
 from tandem.ags.testkit import free_port, make_document, project, run_gateway, send_and_read
 from tandem.passwords import hash_password
 

@@ -12,11 +12,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import uvloop
 
-from tandem.ags.config import validate_document
-from tandem.ags.runtime import Gateway
+from tandem.ags.compiled_config import validate_document
+from tandem.ags.gateway import Gateway
 from tandem.ags.settings import GatewaySettings
 from tandem.ags.testkit import make_document, project, send_and_read
-from tandem.server.service import listen_socket
+from tandem.net.sockets import listen_socket
 
 
 class Backend:

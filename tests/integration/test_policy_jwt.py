@@ -13,14 +13,14 @@ import uvloop
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tandem.ags.config import validate_document
+from tandem.ags.compiled_config import validate_document
 from tandem.ags.echo import EchoServer
+from tandem.ags.gateway import Gateway
 from tandem.ags.policies.jwt import Jwks
-from tandem.ags.runtime import Gateway
 from tandem.ags.settings import GatewaySettings
 from tandem.ags.testkit import free_port, make_document, project, send_and_read
-from tandem.server.httpmini import MiniHTTPServer, Request, Response
-from tandem.server.service import listen_socket
+from tandem.net.httpmini import MiniHTTPServer, Request, Response
+from tandem.net.sockets import listen_socket
 
 SECRET = "integration-secret-" * 4
 RSA1 = rsa.generate_private_key(public_exponent=65537, key_size=2048)

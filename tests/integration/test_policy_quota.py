@@ -15,8 +15,8 @@ import pytest
 import uvloop
 
 from tandem.ags.echo import EchoServer
+from tandem.ags.gateway_service import KEY, NS, GatewayService
 from tandem.ags.quota_book import NS as QUOTA_NS
-from tandem.ags.service import KEY, NS, GatewayService
 from tandem.ags.settings import settings_from_profile
 from tandem.ags.testkit import AgsStandIn, free_port, make_document, project, send_and_read
 from tandem.store import Op

@@ -25,12 +25,12 @@ import pytest
 import redis
 import uvloop
 
-from tandem.ags.config import validate_document
+from tandem.ags.compiled_config import validate_document
 from tandem.ags.echo import EchoServer
-from tandem.ags.runtime import Gateway
+from tandem.ags.gateway import Gateway
 from tandem.ags.settings import GatewaySettings
 from tandem.ags.testkit import free_port, make_document, project
-from tandem.server.service import listen_socket
+from tandem.net.sockets import listen_socket
 
 REDIS_URL = os.environ.get("TANDEM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 HOUR = 3600

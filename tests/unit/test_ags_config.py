@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tandem.ags.config import ConfigRejected, compile_config, validate_document
+from tandem.ags.compiled_config import ConfigRejected, compile_config, validate_document
 from tandem.ags.testkit import make_document, project
 
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tandem.ags.config import compile_config
+from tandem.ags.compiled_config import compile_config
 from tandem.ags.router import context_key, normalize_path, split_host
 from tandem.ags.testkit import make_document, project
 

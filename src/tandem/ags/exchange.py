@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from tandem.ags.accesslog import NULL
 from tandem.ags.balancer import Balancer, Target
-from tandem.ags.errors import error_body, error_response, http_date
+from tandem.ags.error_responses import error_body, error_response, http_date
 from tandem.ags.metrics import BUCKETS
 from tandem.ags.upstream import INF, PoolBusy
 

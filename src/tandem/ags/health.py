@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from tandem.ags.balancer import Target
 
 if TYPE_CHECKING:
-    from tandem.ags.runtime import Gateway
+    from tandem.ags.gateway import Gateway
 
 log = logging.getLogger("tandem.ags.health")
 

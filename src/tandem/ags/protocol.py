@@ -35,12 +35,12 @@ from typing import TYPE_CHECKING
 import httptools
 
 from tandem.ags.accesslog import NULL
-from tandem.ags.errors import Reject, error_response
+from tandem.ags.error_responses import Reject, error_response
 from tandem.ags.exchange import Exchange
 from tandem.ags.router import normalize_path, split_host
 
 if TYPE_CHECKING:
-    from tandem.ags.runtime import Gateway
+    from tandem.ags.gateway import Gateway
 
 log = logging.getLogger("tandem.ags")
 

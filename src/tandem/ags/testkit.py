@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from tandem.ags.config import canonical_digest
 from tandem.config.model import GatewaySection, HASection, Profile, ServerSection
-from tandem.server.httpmini import MiniHTTPServer, Request, Response
+from tandem.model.document import document_digest as canonical_digest
+from tandem.net.httpmini import MiniHTTPServer, Request, Response
 from tandem.store import Store, open_store
 from tandem.testing import free_port as free_port  # re-exported for the gateway tests
 
@@ -78,10 +78,26 @@ class AgsStandIn:
                           gateway=GatewaySection(Workers=workers, AccessLog=access_log, Token=token))
         return cls(profile)
 
+    serving: bool = True
+
+    @property
+    def db_location(self) -> str:
+        return self.profile.db_path
+
     def open_store(self) -> Store:
         if self.store is None:
             self.store = open_store(self.profile.db_path)
         return self.store
+
+    async def durable(self) -> None:
+        return None
+
+    def ha_state(self) -> str:
+        return self.controller.state
+
+    def add_metric_source(self, collect: Any) -> None:
+        if collect not in self.metric_sources:
+            self.metric_sources.append(collect)
 
     def close_store(self) -> None:
         if self.store is not None:
@@ -320,9 +336,9 @@ def run_gateway(test: Callable[[Any, int, list[Any], list[str]], Any], backends:
     import uvloop
 
     from tandem.ags.echo import EchoServer
-    from tandem.ags.runtime import Gateway
+    from tandem.ags.gateway import Gateway
     from tandem.ags.settings import GatewaySettings
-    from tandem.server.service import listen_socket
+    from tandem.net.sockets import listen_socket
 
     async def main() -> None:
         echoes = [EchoServer(f"b{i}") for i in range(backends)]

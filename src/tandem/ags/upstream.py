@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
-from tandem.ags.errors import http_date
+from tandem.ags.error_responses import http_date
 
 if TYPE_CHECKING:
     from tandem.ags.exchange import Exchange

@@ -275,8 +275,8 @@ def _die_with_parent(parent: int) -> None:
 
 
 async def _worker(fd: int, settings: GatewaySettings, index: int) -> None:
-    from tandem.ags.runtime import Gateway
-    from tandem.server.service import listen_socket
+    from tandem.ags.gateway import Gateway
+    from tandem.net.sockets import listen_socket
 
     reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=fd))
     gw = Gateway(settings)

@@ -4,28 +4,27 @@
 whenever the server is active. It reads `server.store` per request, because
 the server opens, closes and may swap its store across failovers. Everything
 lazy is idempotent: the admin-token bootstrap and the deployment worker run
-on the first request, or earlier when the server calls `bootstrap(server)`
-on activation.
+on the first request, or earlier when the admin service calls
+`bootstrap(app.state.services)` on activation.
 """
 
 from __future__ import annotations
 
-import weakref
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI
 from fastapi.security import HTTPBearer
 
-from tandem.ams import errors
+from tandem.ams import api_errors as errors
+from tandem.ams.app_state import AmsState
 from tandem.ams.auth import AuthMiddleware, ensure_admin_token
 from tandem.ams.limits import AdminLimits, AdminStats, BodyLimits
 from tandem.ams.routes import config, consumers, gateway, projects
 from tandem.ams.services import Services
-from tandem.ams.state import AmsState
 from tandem.ams.worker import ensure_worker
 
 if TYPE_CHECKING:
-    from tandem.server.process import ServerProcess
+    from tandem.server.client_service import ServiceHost
 
 DESCRIPTION = """Admin API of a Tandem API Management Server.
 
@@ -35,13 +34,11 @@ the admin token (created at the first start, in `<store>/admin.token`) or, for
 `{"code", "message", "field"?, "detail"?}`; invalid input is a 422 naming the field,
 malformed JSON a 400."""
 
-_SERVICES: weakref.WeakValueDictionary[int, Services] = weakref.WeakValueDictionary()
 bearer = HTTPBearer(auto_error=False, description="the admin token, or a gateway token for the feed")
 
 
-def create_app(server: ServerProcess | Any) -> FastAPI:
+def create_app(server: ServiceHost) -> FastAPI:
     svc = Services(AmsState(server))
-    _SERVICES[id(server)] = svc
     # the middleware authenticates; this dependency only documents the scheme in /openapi.json
     secured = [Depends(bearer)]
     app = FastAPI(title="Tandem AMS admin API", version="1", description=DESCRIPTION,
@@ -66,13 +63,10 @@ def create_app(server: ServerProcess | Any) -> FastAPI:
     return app
 
 
-def bootstrap(server: ServerProcess | Any) -> None:
-    """Call on activation (store open, before the client port opens): create the admin
-    token if the store has none and start the deployment worker, so a deployment the
-    previous active left pending resumes without waiting for a request. Idempotent;
-    call from the event loop."""
-    svc = _SERVICES.get(id(server))
-    if svc is None:
-        return
+def bootstrap(svc: Services) -> None:
+    """Call on activation (store open, before the client port opens) with the app's
+    `app.state.services`: create the admin token if the store has none and start the
+    deployment worker, so a deployment the previous active left pending resumes without
+    waiting for a request. Idempotent; call from the event loop."""
     ensure_admin_token(svc.state)
     ensure_worker(svc)

@@ -23,16 +23,19 @@ import os
 import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from tandem.ams.errors import ApiError
-from tandem.ams.state import NS_GATEWAY_TOKENS, NS_SETTINGS, AmsState, now_iso
+from tandem.ams.api_errors import ApiError
+from tandem.ams.app_state import NS_GATEWAY_TOKENS, NS_SETTINGS, AmsState, now_iso
 from tandem.ams.tokenfile import admin_token_path
 from tandem.config.write import write_bytes_atomic
 from tandem.errors import StoreError
 from tandem.store import Op
+
+if TYPE_CHECKING:
+    from tandem.server.client_service import ServiceHost
 
 log = logging.getLogger("tandem.ams.auth")
 
@@ -49,8 +52,8 @@ def sha256_hex(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def server_token_path(server: Any) -> Path:
-    location = str(getattr(server, "db_location", None) or server.profile.db_path)
+def server_token_path(server: ServiceHost) -> Path:
+    location = str(server.db_location)
     return admin_token_path(location, Path(server.profile.folder))
 
 

@@ -35,11 +35,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from tandem.ams.errors import ApiError, invalid
-from tandem.ams.models import Ident, JwtCredential, Name, Project, Strict, routes_conflict
-from tandem.ams.services.environments import channel, get_env, list_envs
-from tandem.ams.services.registry import JOBS_CHANNEL
-from tandem.ams.state import (
+from tandem.ams.api_errors import ApiError, invalid
+from tandem.ams.app_state import (
     NS_CONSUMERS,
     NS_DEPLOYMENTS,
     NS_ENVS,
@@ -49,6 +46,9 @@ from tandem.ams.state import (
     AmsState,
     now_iso,
 )
+from tandem.ams.models import Ident, JwtCredential, Name, Project, Strict, routes_conflict
+from tandem.ams.services.environments import channel, get_env, list_envs
+from tandem.ams.services.registry import JOBS_CHANNEL
 from tandem.store import Op
 
 FORMAT = "tandem-ams"

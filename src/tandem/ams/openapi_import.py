@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from tandem.ams.errors import invalid
+from tandem.ams.api_errors import invalid
 from tandem.ams.limits import MAX_NODES, json_depth
 
 OPERATIONS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")

@@ -34,6 +34,22 @@ class ServerStandIn:
     store: Store | None
     db_location: str
     client: Any = field(default=None)
+    serving: bool = True
+    metric_sources: list[Any] = field(default_factory=list)
+
+    def open_store(self) -> Store:
+        if self.store is None:
+            self.store = open_store(self.db_location)
+        return self.store
+
+    async def durable(self) -> None:
+        return None
+
+    def ha_state(self) -> str:
+        return "Standalone"
+
+    def add_metric_source(self, collect: Any) -> None:
+        self.metric_sources.append(collect)
 
 
 

@@ -14,7 +14,7 @@ import logging
 
 import anyio
 
-from tandem.ams.errors import ApiError
+from tandem.ams.api_errors import ApiError
 from tandem.ams.services import Services
 from tandem.ams.services.registry import JOBS_CHANNEL
 from tandem.errors import StoreError

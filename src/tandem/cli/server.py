@@ -57,9 +57,9 @@ def run(args: argparse.Namespace) -> int:
 
     preflight(profile)  # rule 8: a missing LockFile is a start-up error (exit 2), before anything runs
     if args.foreground:
-        from tandem.server.process import run_server
+        from tandem.composition import serve
 
-        return run_server(profile, _db(args))
+        return serve(profile, _db(args))
     return start_background(args, profile)
 
 

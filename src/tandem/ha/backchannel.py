@@ -42,7 +42,7 @@ from typing import Any
 import httpx
 
 from tandem.errors import AuthError, PeerError, PeerRefused
-from tandem.server.httpmini import Refused
+from tandem.net.httpmini import Refused
 
 log = logging.getLogger("tandem.ha.backchannel")
 
@@ -265,7 +265,7 @@ class PeerClient:
 
 
 class BackchannelGate:
-    """The HA port's gate (`tandem.server.httpmini.Gate`) for signed routes: a
+    """The HA port's gate (`tandem.net.httpmini.Gate`) for signed routes: a
     `FrameGuard` check of the head, taking frames only from `senders`."""
 
     def __init__(self, guard: FrameGuard, senders: tuple[str, ...]) -> None:

@@ -28,13 +28,12 @@ from tandem.ha.backchannel import (
     other_role,
     sign_response,
 )
-from tandem.ha.base import Controller, ServerOps
 from tandem.ha.decide import Action, Observations, decide, standby_after_step_down, step_down_actions
+from tandem.ha.interfaces import Controller, NoReplication, Replication, ServerOps
 from tandem.ha.lockfile import LockFile, LockRecord, check_lockfile
 from tandem.ha.probe import Probe
-from tandem.ha.replication import NoReplication, Replication
 from tandem.ha.states import HOLDING, PEER_DEAD, SERVING, State, check_transition
-from tandem.server.httpmini import Request, Response, Route
+from tandem.net.httpmini import Request, Response, Route
 
 log = logging.getLogger("tandem.ha")
 
@@ -453,10 +452,7 @@ class HAController(Controller):
         if not self.probe.enabled:
             self.ops.console("HA  warning: GatewayServerIPAddress is empty: isolation probe disabled")
         if self.mode == "replicated":
-            store = self.ops.open_store()
-            attach = getattr(self.replication, "attach", None)
-            if attach is not None:
-                attach(store)
+            self.replication.attach(self.ops.open_store())
         if self.cfg.Role == "secondary":
             self._hold_off(2 * self.cfg.peer_dead_after / 1000, TIE_BREAK)
         try:  # the first decision already knows the epoch and whether we are in sync
@@ -495,6 +491,9 @@ class HAController(Controller):
             await asyncio.gather(self.announcing, return_exceptions=True)
         await self.replication.close()
         await self.peer_client.close()
+
+    def store_reopened(self, store: Any) -> None:
+        self.replication.attach(store)
 
     def status(self) -> dict[str, Any]:
         rep = self.replication.status()
@@ -607,12 +606,3 @@ class HAController(Controller):
                          "store may miss acknowledged writes (rule 5 overridden)")
         self.wake.set()
         return self.signed(req, {"ok": True, "server": self.name, "state": str(self.state)})
-
-
-def make_ha_controller(ops: ServerOps) -> Controller:
-    ctl = HAController(ops)
-    if ctl.mode == "replicated":
-        from tandem.ha.replicator import Replicator
-
-        ctl.replication = Replicator(ctl)
-    return ctl

@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING, Any
 
 from tandem.errors import ChangeRejected, LockError, NotDurable, PeerError, StoreError, TandemError
 from tandem.ha.durability import AckObservations, Verdict, may_acknowledge
+from tandem.ha.interfaces import Replication
 from tandem.ha.lockfile import LockRecord
-from tandem.ha.replication import Replication
 from tandem.ha.states import HOLDING, SERVING
-from tandem.server.httpmini import Request, Response, Route
+from tandem.net.httpmini import Request, Response, Route
 from tandem.store import Change, LogTruncated, Store
 
 if TYPE_CHECKING:
@@ -84,9 +84,6 @@ class Replicator(Replication):
             asyncio.get_running_loop().create_task(self._retention())
         self._loop = asyncio.get_running_loop()
         store.add_listener(self._on_commit)
-        reopened = getattr(self.ctl.ops, "on_store_reopened", None)
-        if reopened is not None and self.attach not in reopened:
-            reopened.append(self.attach)
 
     def _on_commit(self, change: Change) -> None:  # may run on a worker thread
         if self._loop is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from tandem.ha.base import Controller
+from tandem.ha.interfaces import Controller
 
 
 class StandaloneController(Controller):

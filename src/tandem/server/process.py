@@ -17,6 +17,7 @@ import resource
 import signal
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,29 +26,21 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from tandem.config.model import Profile
 from tandem.errors import NotDurable, ServerError, StoreError
-from tandem.ha.base import Controller
-from tandem.server.httpmini import REFUSAL_KINDS, Limits, MiniHTTPServer, Request, Response
+from tandem.ha.interfaces import ControllerFactory
+from tandem.net.httpmini import REFUSAL_KINDS, Limits, MiniHTTPServer, Request, Response
+from tandem.server.client_service import ClientService, ServiceFactory
 from tandem.server.pidlock import PidLock
-from tandem.server.service import ClientService, make_client_service
 from tandem.store import Store, open_store
 
 log = logging.getLogger("tandem.server")
 
 
-def make_controller(server: ServerProcess) -> Controller:
-    if server.profile.ha.Type == "none":
-        from tandem.ha.standalone import StandaloneController
-
-        return StandaloneController(server)
-    try:
-        from tandem.ha.controller import make_ha_controller
-    except ImportError as exc:
-        raise ServerError(f"HA type {server.profile.ha.Type!r} is not available in this build") from exc
-    return make_ha_controller(server)
-
-
 class ServerProcess:
-    def __init__(self, profile: Profile, db_location: str | None = None) -> None:
+    """The host of one client service and one HA controller (both chosen by the
+    composition root, `tandem.composition`): it is their `ServiceHost` and `ServerOps`."""
+
+    def __init__(self, profile: Profile, make_service: ServiceFactory, make_controller: ControllerFactory,
+                 db_location: str | None = None) -> None:
         self.profile = profile
         self.db_location = db_location or profile.db_path
         self.store: Store | None = None
@@ -57,11 +50,10 @@ class ServerProcess:
         self.http = MiniHTTPServer(request_timeout=60.0, limits=Limits(
             max_connections=ha.HAMaxConnections, header_timeout=ha.HAHeaderTimeout / 1000,
             idle_timeout=ha.HAIdleTimeout / 1000))
-        self.metric_sources: list[Any] = []  # callables returning extra Prometheus text
-        self.on_store_reopened: list[Any] = []  # callables(store) after a set-aside
+        self.metric_sources: list[Callable[[], bytes]] = []  # extra Prometheus text for /metrics
         self.preparing: asyncio.Task[None] | None = None  # the client service getting ready again
-        self.client: ClientService = make_client_service(self)
-        self.controller: Controller = make_controller(self)
+        self.client: ClientService = make_service(self)
+        self.controller = make_controller(self)
         self.pidlock = PidLock(profile.run_dir / "server.pid")
         self._signals = 0
         self.registry = CollectorRegistry()
@@ -104,9 +96,7 @@ class ServerProcess:
         for f in folder.iterdir():
             if f.is_file() and f.name.startswith("store.sqlite3"):
                 shutil.move(str(f), aside / f.name)
-        store = self.open_store()
-        for fn in self.on_store_reopened:
-            fn(store)
+        self.controller.store_reopened(self.open_store())
         return str(aside)
 
     async def durable(self) -> None:
@@ -116,14 +106,20 @@ class ServerProcess:
             raise NotDurable("the store is closed: this server no longer serves")
         await self.controller.durable(store.last_lsn(), store.epoch)
 
+    # ---- ServiceHost (what the client service may ask) ----
+    @property
+    def serving(self) -> bool:
+        return self.controller.serving
+
+    def ha_state(self) -> str:
+        return str(self.controller.status().get("state") or "")
+
+    def add_metric_source(self, collect: Callable[[], bytes]) -> None:
+        if collect not in self.metric_sources:
+            self.metric_sources.append(collect)
+
     async def activate(self) -> None:
         if not self.client.serving:
-            if self.profile.mode == "AMS":
-                from tandem.ams import bootstrap
-
-                # before the port opens (ready to answer): admin token on first start;
-                # resume deployments a dead active left (the worker waits until we serve)
-                bootstrap(self)
             await self.client.start()
 
     async def deactivate(self, drain_timeout: float) -> None:
@@ -285,8 +281,8 @@ def raise_fd_limit() -> int:
     return soft
 
 
-def run_server(profile: Profile, db_location: str | None = None) -> int:
-    """Run a server in the foreground until signalled; returns the exit code."""
+def run_server(make_server: Callable[[], ServerProcess]) -> int:
+    """Run the server `make_server` builds in the foreground until signalled; returns the exit code."""
     try:
         import uvloop
 
@@ -303,8 +299,7 @@ def run_server(profile: Profile, db_location: str | None = None) -> int:
     raise_fd_limit()
 
     async def main() -> int:
-        server = ServerProcess(profile, db_location)
-        return await server.run()
+        return await make_server().run()
 
     with contextlib.suppress(KeyboardInterrupt):
         return int(runner(main()))

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tandem.errors import StoreError
-from tandem.store.base import Change, LogTruncated, Op, Store
+from tandem.store.change import Change, LogTruncated, Op
+from tandem.store.contract import Store
 from tandem.store.sqlite import SqliteStore
 
 __all__ = ["Change", "LogTruncated", "Op", "SqliteStore", "Store", "open_store"]

@@ -23,14 +23,11 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tandem.errors import StaleEpoch, StoreCorrupt, StoreError
-from tandem.store.base import (
-    Change,
+from tandem.store.change import Change, LogTruncated, Op
+from tandem.store.codec import (
     Digest,
-    LogTruncated,
-    Op,
     Row,
     SnapshotImage,
-    Store,
     check_batch,
     decode_snapshot,
     encode_ops,
@@ -39,6 +36,7 @@ from tandem.store.base import (
     prefix_upper,
     rows_to_log_json,
 )
+from tandem.store.contract import Store
 
 DEFAULT_SCHEMA = "tandem"
 # Hard limits (house rule 6): a dead server must not hang a commit forever.

@@ -27,14 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from tandem.errors import StaleEpoch, StoreCorrupt, StoreError
-from tandem.store.base import (
-    Change,
+from tandem.store.change import Change, LogTruncated, Op
+from tandem.store.codec import (
     Digest,
-    LogTruncated,
-    Op,
     Row,
     SnapshotImage,
-    Store,
     check_batch,
     decode_snapshot,
     encode_ops,
@@ -43,6 +40,7 @@ from tandem.store.base import (
     prefix_upper,
     rows_to_log_json,
 )
+from tandem.store.contract import Store
 
 log = logging.getLogger("tandem.store")
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, Depends, Query, Request
 
-from tandem.ams.errors import CONFLICT
+from tandem.ams.api_errors import CONFLICT
 from tandem.ams.export import ExportDocument, export_document, import_document
 from tandem.ams.models import NAME_PATTERN, Project
 from tandem.ams.openapi_import import parse_document, project_from_openapi

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Response
 
-from tandem.ams.errors import CONFLICT, NOT_FOUND
+from tandem.ams.api_errors import CONFLICT, NOT_FOUND
 from tandem.ams.models import NAME_PATTERN, ConsumerIn, ConsumerOut, ConsumerUpdate, IssuedKey
 from tandem.ams.routes import services
 from tandem.ams.services import Services

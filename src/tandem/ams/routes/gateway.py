@@ -9,14 +9,14 @@ import anyio
 from fastapi import APIRouter, Depends, Path, Query, Response
 from fastapi.responses import JSONResponse
 
-from tandem.ams.errors import NOT_FOUND
-from tandem.ams.feed import build_document
+from tandem.ams.api_errors import NOT_FOUND
+from tandem.ams.app_state import NS_CONSUMERS, now_iso
 from tandem.ams.models import NAME_PATTERN
 from tandem.ams.routes import services
 from tandem.ams.schemas import ConfigDocument, Gateway, GatewayToken, GatewayTokenRequest, IssuedGatewayToken
 from tandem.ams.services import Services
 from tandem.ams.services.environments import channel, get_env
-from tandem.ams.state import NS_CONSUMERS, now_iso
+from tandem.model.document import build_document
 
 router = APIRouter(prefix="/api/v1", tags=["gateways"], responses=NOT_FOUND)
 Svc = Annotated[Services, Depends(services)]

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Response
 
-from tandem.ams.errors import CONFLICT, NOT_FOUND
+from tandem.ams.api_errors import CONFLICT, NOT_FOUND
 from tandem.ams.models import NAME_PATTERN, Project
 from tandem.ams.routes import services
 from tandem.ams.schemas import Deployment, EnvironmentRequest

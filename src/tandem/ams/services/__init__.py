@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from tandem.ams.app_state import AmsState
 from tandem.ams.services.consumers import ConsumerService
 from tandem.ams.services.deployments import DeploymentService
 from tandem.ams.services.projects import ProjectService
 from tandem.ams.services.registry import RegistryService
 from tandem.ams.services.tokens import TokenService
-from tandem.ams.state import AmsState
 
 
 class Services:

@@ -15,10 +15,10 @@ import hashlib
 import secrets
 from typing import Any
 
-from tandem.ams.errors import ApiError
+from tandem.ams.api_errors import ApiError
+from tandem.ams.app_state import NS_CONSUMERS, AmsState, now_iso
 from tandem.ams.models import ConsumerIn, ConsumerUpdate, CredentialsIn
 from tandem.ams.services.environments import bump_all
-from tandem.ams.state import NS_CONSUMERS, AmsState, now_iso
 from tandem.passwords import hash_password as hash_password  # re-exported: the AMS hashes here
 from tandem.passwords import verify_password
 from tandem.store import Op, Store

@@ -24,10 +24,10 @@ import secrets
 import time
 from typing import Any
 
-from tandem.ams.errors import ApiError, invalid
+from tandem.ams.api_errors import ApiError, invalid
+from tandem.ams.app_state import NS_DEPLOYMENTS, NS_OPEN_JOBS, NS_PROJECTS, AmsState, now_iso, parse_iso
 from tandem.ams.services.environments import channel, env_op, get_env, route_conflict
 from tandem.ams.services.registry import JOBS_CHANNEL, RegistryService
-from tandem.ams.state import NS_DEPLOYMENTS, NS_OPEN_JOBS, NS_PROJECTS, AmsState, now_iso, parse_iso
 from tandem.store import Op
 
 log = logging.getLogger("tandem.ams.deployments")

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tandem.ams.app_state import NS_ENVS
 from tandem.ams.models import routes_conflict
-from tandem.ams.state import NS_ENVS
 from tandem.store import Op, Store
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from tandem.ams.errors import ApiError, invalid
+from tandem.ams.api_errors import ApiError, invalid
+from tandem.ams.app_state import NS_PROJECTS, AmsState
 from tandem.ams.models import Project, routes_conflict
 from tandem.ams.services.environments import deployed_in
-from tandem.ams.state import NS_PROJECTS, AmsState
 from tandem.store import Op, Store
 
 

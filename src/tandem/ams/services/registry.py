@@ -15,8 +15,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from tandem.ams.app_state import NS_GATEWAYS, AmsState, now_iso, parse_iso
 from tandem.ams.services.environments import get_env
-from tandem.ams.state import NS_GATEWAYS, AmsState, now_iso, parse_iso
 from tandem.store import Op
 
 LIVE_WINDOW = 30.0

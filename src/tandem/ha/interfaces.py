@@ -1,19 +1,25 @@
-"""The seam between a server process and its HA controller.
+"""The seams of the HA package, as declared interfaces.
 
-A controller owns the decision "do I serve?"; the server owns the ports and
-the store. `ServerOps` is what a controller may ask of the server;
-`Controller` is what the server asks of a controller.
+- `ServerOps`: what a controller may ask of the server process (ports, store).
+- `Controller`: what the server asks of a controller ("do I serve?", status).
+- `Replication`: what the HA loop needs of replication. Until replication runs
+  (`NoReplication`), a replicated passive treats its store as not in sync: it
+  never activates on its own unless the LockFile names it in sync (it was the
+  last active) or an operator forces it.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from tandem.config.model import Profile
-    from tandem.server.httpmini import Route
+    from tandem.net.httpmini import Route
     from tandem.store import Store
+
+Routes = dict[tuple[str, str], "Route"]
 
 
 class ServerOps(Protocol):
@@ -73,6 +79,52 @@ class Controller(ABC):
         """False when the controller's loop is stuck: the watchdog then stops hearing from us."""
         return True
 
-    def routes(self) -> dict[tuple[str, str], Route]:
+    def routes(self) -> Routes:
         """Extra HA-port routes (backchannel): {(method, path): Route(handler, max_body, gate)}."""
         return {}
+
+    def store_reopened(self, store: Store) -> None:
+        """The server moved a diverged store aside and opened a new one (rule 6)."""
+        return None
+
+
+ControllerFactory = Callable[[ServerOps], Controller]
+
+
+class Replication:
+    """Default: no replication. Subclasses override what they know."""
+
+    def passive_syncing(self) -> bool:
+        """We are a passive receiving catch-up data (PassiveSync)."""
+        return False
+
+    def peer_syncing(self) -> bool:
+        """We are an active sending catch-up data to the peer (ActiveSync)."""
+        return False
+
+    def status(self) -> dict[str, Any]:
+        return {"replicated_lsn": None, "lag": None}
+
+    async def on_state(self, state: str, epoch: int) -> None:
+        """Told after every state change."""
+
+    async def wait_durable(self, lsn: int, epoch: int) -> None:
+        """Return once the write at (`epoch`, `lsn`) may be acknowledged to a client; raise
+        NotDurable when it may not (rule 4). Without replication a commit is durable."""
+
+    def fail_pending(self) -> None:
+        """Step-down: no write still waiting may be acknowledged unless the peer has it."""
+
+    def routes(self) -> Routes:
+        """HA-port routes of the passive side."""
+        return {}
+
+    def attach(self, store: Store) -> None:
+        """The store is open (at start, and again after a set-aside): follow its commits."""
+
+    async def close(self) -> None:
+        pass
+
+
+class NoReplication(Replication):
+    pass

@@ -21,7 +21,6 @@ A project with an auth policy is rebuilt when the consumers change.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from tandem.ags.health import Check
 from tandem.ags.policies import Consumers, Services, compile_chain
 from tandem.ags.policies.chain import AUTH_KINDS
 from tandem.ags.router import Router, context_key, split_host
+from tandem.model.document import document_digest
 
 log = logging.getLogger("tandem.ags")
 
@@ -39,11 +39,6 @@ log = logging.getLogger("tandem.ags")
 
 class ConfigRejected(ValueError):
     """A configuration document that must not replace the current one; str() is the reason."""
-
-
-def canonical_digest(doc: dict[str, Any]) -> str:
-    body = {k: doc.get(k) for k in ("environment", "revision", "projects", "consumers")}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def validate_document(raw: bytes | str | dict[str, Any], environment: str) -> dict[str, Any]:
@@ -67,7 +62,7 @@ def validate_document(raw: bytes | str | dict[str, Any], environment: str) -> di
         raise ConfigRejected(f"revision: expected a non-negative integer, got {rev!r}")
     if not isinstance(doc["projects"], list) or not isinstance(doc["consumers"], list):
         raise ConfigRejected("projects and consumers must be lists")
-    digest = canonical_digest(doc)
+    digest = document_digest(doc)
     if doc["digest"] != digest:
         raise ConfigRejected(f"digest mismatch (document says {str(doc['digest'])[:16]}..., "
                              f"content hashes to {digest[:16]}...): partial or corrupted document")

@@ -1,59 +1,23 @@
-"""Client-facing services: what a server opens on its client port while it serves.
+"""The AMS client service: the admin API under uvicorn, behind the durability gate.
 
-The HA controller decides; the server calls `start()` on activation and
-`stop()` on deactivation. `stop()` first stops accepting (the port refuses
-connections at once, so clients move to the peer), then drains in-flight
-requests up to a deadline, then cuts the rest.
+`create_service(host)` is the AMS's one integration point with `tandem.server`
+(the composition root calls it). On `start()` (the store is open, the port not
+yet) the admin token is made on first start and a deployment the previous
+active left pending resumes; then the port opens.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-import socket
-from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from tandem.server.process import ServerProcess
+from tandem.net.sockets import listen_socket
+from tandem.server.client_service import ClientService, ServiceHost
 
 log = logging.getLogger("tandem.server")
-
-
-def listen_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
-
-
-class ClientService(ABC):
-    """The client port of one server. `serving` is true between start() and stop()."""
-
-    serving = False
-
-    @abstractmethod
-    async def start(self) -> None:
-        """Open the client port; raise on failure (the port stays closed)."""
-
-    @abstractmethod
-    async def stop(self, drain_timeout: float) -> None:
-        """Stop accepting now, drain up to `drain_timeout` s, then close everything."""
-
-    async def prepare(self) -> None:
-        """Get ready to start quickly (at server start and after each stop); nothing may
-        listen. Default: nothing to prepare."""
-        return None
-
-    async def close(self) -> None:
-        """The server process ends: release what `prepare()` holds."""
-        return None
 
 
 class DurabilityGate:
@@ -66,14 +30,14 @@ class DurabilityGate:
       client gets 503 `not_durable` instead of the handler's answer.
     """
 
-    def __init__(self, app: Any, server: ServerProcess) -> None:
-        self.app, self.server = app, server
+    def __init__(self, app: Any, host: ServiceHost) -> None:
+        self.app, self.host = app, host
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if not self.server.controller.serving:
+        if not self.host.serving:
             await _json(send, 503, {"code": "not_active", "message": "this server is not active; use its peer"})
             return
         failed = False
@@ -84,7 +48,7 @@ class DurabilityGate:
                 return
             if message["type"] == "http.response.start":
                 try:
-                    await self.server.durable()
+                    await self.host.durable()
                 except Exception as exc:  # the write may not be on the passive: never say 2xx
                     failed = True
                     log.warning("write not acknowledged: %s", exc)
@@ -97,8 +61,6 @@ class DurabilityGate:
 
 
 async def _json(send: Any, status: int, body: dict[str, Any]) -> None:
-    import json
-
     data = json.dumps(body).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
@@ -164,18 +126,30 @@ class ASGIService(ClientService):
         self._server = self._task = None
 
 
-def make_client_service(server: ServerProcess) -> ClientService:
-    """The service for this server's mode; AMS and AGS modules plug in here."""
-    prof = server.profile
-    if prof.mode == "AMS":
+class AdminService(ASGIService):
+    """The admin API on the AMS client port."""
+
+    def __init__(self, host: ServiceHost) -> None:
         from tandem.ams.app import create_app
         from tandem.ams.protocol import protocol_class
 
-        app = create_app(server)
+        app = create_app(host)
+        self.app_services = app.state.services
         limits, stats = app.state.admin_limits, app.state.admin_stats
-        server.metric_sources.append(stats.prometheus)  # tandem_admin_* on the HA port's /metrics
-        return ASGIService(DurabilityGate(app, server), prof.server.ClientAddress, prof.server.ClientPort,
-                           http=protocol_class(limits, stats), timeout_keep_alive=limits.idle_timeout)
-    from tandem.ags.service import create_service
+        host.add_metric_source(stats.prometheus)  # tandem_admin_* on the HA port's /metrics
+        srv = host.profile.server
+        super().__init__(DurabilityGate(app, host), srv.ClientAddress, srv.ClientPort,
+                         http=protocol_class(limits, stats), timeout_keep_alive=limits.idle_timeout)
 
-    return create_service(server)
+    async def start(self) -> None:
+        from tandem.ams.app import bootstrap
+
+        # before the port opens (ready to answer): admin token on first start;
+        # resume deployments a dead active left (the worker waits until we serve)
+        bootstrap(self.app_services)
+        await super().start()
+
+
+def create_service(host: ServiceHost) -> ClientService:
+    """The AMS client service for `host` (called by the composition root)."""
+    return AdminService(host)

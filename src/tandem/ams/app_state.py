@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from tandem.ams.errors import ApiError
+from tandem.ams.api_errors import ApiError
 from tandem.ams.notify import Hub
 from tandem.errors import StoreError
 from tandem.store import Change, Op, Store

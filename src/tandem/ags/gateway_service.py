@@ -32,19 +32,19 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from tandem.ags.config import ConfigRejected, validate_document
-from tandem.ags.feed import FeedPoller
+from tandem.ags.compiled_config import ConfigRejected, validate_document
+from tandem.ags.feed_poller import FeedPoller
+from tandem.ags.gateway import Gateway
 from tandem.ags.metrics import merge, render
 from tandem.ags.quota_book import QuotaBook
-from tandem.ags.runtime import Gateway
 from tandem.ags.settings import GatewaySettings, settings_from_profile
 from tandem.ags.workers import WorkerSet
 from tandem.errors import ServerError
-from tandem.server.service import ClientService, listen_socket
+from tandem.net.sockets import listen_socket
+from tandem.server.client_service import ClientService, ServiceHost
 from tandem.store import Op
 
 if TYPE_CHECKING:
-    from tandem.server.process import ServerProcess
     from tandem.store import Store
 
 log = logging.getLogger("tandem.ags")
@@ -53,7 +53,7 @@ NS, KEY = "gateway", "config"
 
 
 class GatewayService(ClientService):
-    def __init__(self, server: ServerProcess, settings: GatewaySettings | None = None) -> None:
+    def __init__(self, server: ServiceHost, settings: GatewaySettings | None = None) -> None:
         self.server = server
         self.settings = settings or settings_from_profile(server.profile)
         self.gateway: Gateway | None = None
@@ -74,8 +74,7 @@ class GatewayService(ClientService):
 
     # ---- lifecycle ----
     async def start(self) -> None:
-        if self.metrics_text not in self.server.metric_sources:
-            self.server.metric_sources.append(self.metrics_text)
+        self.server.add_metric_source(self.metrics_text)
         self._lock = asyncio.Lock()
         doc = self.stored_document()
         s = self.settings
@@ -157,9 +156,7 @@ class GatewayService(ClientService):
 
     async def durable(self) -> None:
         """Wait until the store's commits so far are on the replicated passive (or raise)."""
-        wait = getattr(self.server, "durable", None)  # (test stand-ins have no replication)
-        if wait is not None:
-            await wait()
+        await self.server.durable()
 
     def stored_document(self) -> dict[str, Any] | None:
         raw = self.store().get(NS, KEY)
@@ -195,9 +192,7 @@ class GatewayService(ClientService):
                      (t1 - t0) * 1000, (t2 - t1) * 1000)
 
     def ha_state(self) -> str:
-        with contextlib.suppress(Exception):
-            return str(self.server.controller.status().get("state") or "")
-        return ""
+        return self.server.ha_state()
 
     # ---- metrics (HA port /metrics) ----
     def metrics_text(self) -> bytes:
@@ -213,6 +208,6 @@ class GatewayService(ClientService):
         return render(merge(snaps), self.revision, rejected, live)
 
 
-def create_service(server: ServerProcess) -> ClientService:
-    """The AGS data plane for `server` (called by tandem.server.service.make_client_service)."""
+def create_service(server: ServiceHost) -> ClientService:
+    """The AGS data plane for `server` (called by the composition root)."""
     return GatewayService(server)

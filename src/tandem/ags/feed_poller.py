@@ -26,10 +26,10 @@ from typing import Any
 
 import httpx
 
-from tandem.ags.config import ConfigRejected, validate_document
+from tandem.ags.compiled_config import ConfigRejected, validate_document
 from tandem.ags.settings import GatewaySettings
 
-log = logging.getLogger("tandem.ags.feed")
+log = logging.getLogger("tandem.ags.feed_poller")
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per long poll is noise
 
 MAX_DOCUMENT_BYTES = 256 * 1024 * 1024

@@ -24,8 +24,8 @@ import socket
 from typing import Any
 
 from tandem.ags.accesslog import AccessLog
-from tandem.ags.config import CompiledConfig, compile_config
-from tandem.ags.errors import Reject, error_response
+from tandem.ags.compiled_config import CompiledConfig, compile_config
+from tandem.ags.error_responses import Reject, error_response
 from tandem.ags.health import HealthChecker
 from tandem.ags.metrics import NO_ROUTE, Metrics
 from tandem.ags.policies import Services

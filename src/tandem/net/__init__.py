@@ -1,0 +1,1 @@
+"""Networking pieces that know nothing of Tandem: sockets and the small HTTP server of the HA port."""
