@@ -22,8 +22,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tandem.ams.models import FieldError
-from tandem.ams.policies import POLICY_TYPES
 from tandem.errors import StoreError
+from tandem.model.policies import POLICY_TYPES
 
 log = logging.getLogger("tandem.ams")
 

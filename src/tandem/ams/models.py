@@ -15,8 +15,10 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tandem.ams.policies import AUTH_TYPES, HTTP_METHOD, Policy
-from tandem.ams.policies import FieldError as FieldError  # re-exported: errors.py and callers import it here
+from tandem.model.policies import AUTH_TYPES, HTTP_METHOD, Policy
+from tandem.model.policies import (
+    FieldError as FieldError,  # re-exported: errors.py and callers import it here
+)
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 # every name the admin API takes (projects, consumers, environments, gateway tokens, ...): ASCII
