@@ -34,14 +34,9 @@ def controller_factory(profile: Profile) -> ControllerFactory:
         return StandaloneController
 
     def make(ops: ServerOps) -> Controller:
-        from tandem.ha.controller import HAController
+        from tandem.ha.controller import HAController  # replication comes with it in replicated mode
 
-        ctl = HAController(ops)
-        if ctl.mode == "replicated":
-            from tandem.ha.replicator import Replicator
-
-            ctl.replication = Replicator(ctl)
-        return ctl
+        return HAController(ops)
 
     return make
 

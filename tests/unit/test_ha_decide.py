@@ -191,7 +191,9 @@ observations = st.builds(
     holds_lock=st.booleans(), lock_fresh=st.booleans(), lock_lost=st.booleans(), takeover_elapsed=st.booleans(),
     client_open=st.booleans(), peer_alive=st.booleans(), isolated=st.booleans(), may_activate=st.booleans(),
     hold_off=st.sampled_from([None, HOLD_OFF]), retry_due=st.booleans(), passive_syncing=st.booleans(),
-    peer_syncing=st.booleans(), peer_serving_higher_epoch=st.booleans(), store_open=st.booleans())
+    peer_syncing=st.booleans(), peer_serving_higher_epoch=st.booleans(), store_open=st.booleans(),
+    forced=st.booleans(), switchover=st.booleans(), activation_failed=st.sampled_from([None, "no port"]),
+    stopping=st.booleans())
 
 
 @settings(max_examples=1500, deadline=None)
@@ -213,10 +215,18 @@ def test_decide_safety_properties(o: Observations) -> None:
         assert o.holds_lock
     if o.isolated:
         assert TA not in acts and CL not in acts and OC not in acts and d.state not in SERVING
-    if o.mode == "replicated" and o.state not in HOLDING and (not o.may_activate or o.passive_syncing):
+    if o.mode == "replicated" and o.state not in HOLDING and (not (o.may_activate or o.forced)
+                                                              or o.passive_syncing):
         assert TA not in acts and CL not in acts and d.state not in HOLDING
     if o.mode == "shared":
-        assert d.state in {S.PASSIVE, S.ACTIVATING, S.ACTIVE}
+        assert d.state in {S.PASSIVE, S.ACTIVATING, S.ACTIVE, S.STOPPED}
+    if o.stopping:  # a stopping server ends Stopped, gives back what it holds, takes nothing
+        assert d.state == S.STOPPED and TA not in acts and CL not in acts and OC not in acts
+        assert (RL in acts) == (o.state in HOLDING or o.holds_lock)
+    if o.activation_failed and (o.state in HOLDING or o.holds_lock):  # a failed activation step: give it all back
+        assert RL in acts and d.state not in HOLDING
+    if o.switchover and o.state in SERVING:  # a switchover always hands the lock over
+        assert RL in acts and d.state not in HOLDING
     if RL in acts:
         assert d.state not in HOLDING and CL not in acts and TA not in acts
     if CC in acts:
@@ -226,9 +236,67 @@ def test_decide_safety_properties(o: Observations) -> None:
     if RL in acts and o.state in HOLDING:  # a holder fails every pending ack before it releases
         assert FP in acts and acts.index(FP) < acts.index(RL)
     if FP in acts:
-        assert o.state in HOLDING and RL in acts and (CC not in acts or acts.index(CC) < acts.index(FP))
+        assert (o.state in HOLDING or o.holds_lock) and RL in acts
+        assert CC not in acts or acts.index(CC) < acts.index(FP)
     if CL in acts:
         assert d.state == S.ACTIVATING and (OS not in acts or acts.index(CL) < acts.index(OS))
     client_after = (o.client_open and CC not in acts) or OC in acts
     assert client_after == (d.state in SERVING)  # the port is open exactly in the serving states
     assert len(set(acts)) == len(acts)
+
+
+# ---- operator commands and the controller's own events are observations too: every
+# state change goes through decide(), and every step-down uses the one sequence
+SWITCH = "switchover requested by operator"
+STOP = "server stopping"
+# (id, mode, state, observations, next state, actions, reason, drain)
+EVENTS: list[tuple[str, str, State, dict[str, Any], State, tuple[Action, ...], str, float]] = [
+    ("re-switchover", "replicated", S.ACTIVE, {**HELD, "switchover": True}, S.PASSIVE, (CC, FP, RL), SWITCH, 2.0),
+    ("sh-switchover", "shared", S.ACTIVE, {**HELD, "switchover": True}, S.PASSIVE, (CC, FP, RL, CS), SWITCH, 2.0),
+    ("re-switchover-standalone", "replicated", S.STANDALONE, {**HELD, "switchover": True, "peer_alive": False},
+     S.PASSIVE, (CC, FP, RL), SWITCH, 2.0),
+    ("re-switchover-lost-first", "replicated", S.ACTIVE, {**HELD, "switchover": True, "lock_lost": True},
+     S.PASSIVE, (CC, FP, RL), LOST, 0.0),
+    ("re-switchover-not-while-activating", "replicated", S.ACTIVATING, {**ACTV, "switchover": True,
+                                                                       "takeover_elapsed": False},
+     S.ACTIVATING, (), WAIT, 0.0),
+    ("re-switchover-ignored-by-passive", "replicated", S.PASSIVE, {"switchover": True}, S.PASSIVE, (TA,),
+     "trying the lock", 0.0),
+    ("re-forced-waiting-tries", "replicated", S.WAITING, {"may_activate": False, "forced": True}, S.PASSIVE, (TA,),
+     "trying the lock", 0.0),
+    ("re-forced-acquired", "replicated", S.WAITING, {"may_activate": False, "forced": True, "holds_lock": True},
+     S.ACTIVATING, (CL,), ACQ, 0.0),
+    ("re-forced-not-while-syncing", "replicated", S.PASSIVE_SYNC, {"forced": True, "passive_syncing": True},
+     S.PASSIVE_SYNC, (), MAY_IDLE, 0.0),
+    ("re-forced-not-isolated", "replicated", S.WAITING, {"may_activate": False, "forced": True, "isolated": True},
+     S.PASSIVE, (), ISO_IDLE, 0.0),
+    ("re-open-client-failed", "replicated", S.ACTIVE, {**HELD, "client_open": False, "activation_failed": "port"},
+     S.PASSIVE, (CC, FP, RL), "activation aborted: port", 0.0),
+    ("sh-claim-failed", "shared", S.PASSIVE, {"holds_lock": True, "activation_failed": "lockfile"}, S.PASSIVE,
+     (FP, RL, CS), "activation aborted: lockfile", 0.0),
+    ("re-store-failed-not-may", "replicated", S.PASSIVE, {"holds_lock": True, "may_activate": False,
+                                                          "activation_failed": "store"}, S.WAITING, (FP, RL),
+     "activation aborted: store", 0.0),
+    ("re-failure-without-lock-is-old-news", "replicated", S.PASSIVE, {"activation_failed": "x"}, S.PASSIVE, (TA,),
+     "trying the lock", 0.0),
+    ("re-stop-active", "replicated", S.ACTIVE, {**HELD, "stopping": True}, S.STOPPED, (CC, FP, RL), STOP, 5.0),
+    ("sh-stop-active", "shared", S.ACTIVE, {**HELD, "stopping": True}, S.STOPPED, (CC, FP, RL, CS), STOP, 5.0),
+    ("re-stop-activating", "replicated", S.ACTIVATING, {**ACTV, "stopping": True}, S.STOPPED, (FP, RL), STOP, 5.0),
+    ("re-stop-passive", "replicated", S.PASSIVE, {"stopping": True}, S.STOPPED, (), STOP, 5.0),
+    ("sh-stop-passive", "shared", S.PASSIVE, {"stopping": True}, S.STOPPED, (CS,), STOP, 5.0),
+    ("re-stop-waiting-port-open", "replicated", S.WAITING, {"stopping": True, "client_open": True}, S.STOPPED,
+     (CC,), STOP, 5.0),
+    ("re-stop-beats-isolation", "replicated", S.STANDALONE, {**HELD, "stopping": True, "isolated": True},
+     S.STOPPED, (CC, FP, RL), STOP, 5.0),
+]
+
+
+@pytest.mark.parametrize(("mode", "state", "kw", "want_state", "want_actions", "want_reason", "drain"),
+                         [c[1:] for c in EVENTS], ids=[c[0] for c in EVENTS])
+def test_decide_events(mode: str, state: State, kw: dict[str, Any], want_state: State,
+                       want_actions: tuple[Action, ...], want_reason: str, drain: float) -> None:
+    assert decide(obs(mode, state, **kw)) == Decision(want_state, want_actions, want_reason, drain)
+
+
+def test_event_ids_are_unique() -> None:
+    assert len({c[0] for c in EVENTS} | {c[0] for c in CASES}) == len(EVENTS) + len(CASES)

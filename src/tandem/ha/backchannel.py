@@ -42,7 +42,7 @@ from typing import Any
 import httpx
 
 from tandem.errors import AuthError, PeerError, PeerRefused
-from tandem.net.httpmini import Refused
+from tandem.net.httpmini import Refused, Request, Response
 
 log = logging.getLogger("tandem.ha.backchannel")
 
@@ -282,3 +282,22 @@ class BackchannelGate:
             FrameGuard.finish(token, length, digest)
         except AuthError as exc:
             raise Refused(401, "auth", f"refused: {exc}") from exc
+
+
+def answer(secret: str, req: Request, data: dict[str, Any], epoch: int, status: int = 200) -> Response:
+    """Our answer to a frame a `BackchannelGate` admitted, signed for its sender."""
+    body = json.dumps(data, separators=(",", ":")).encode()
+    frame: Frame = req.auth
+    return Response(status, body, headers={AUTH_HEADER: sign_response(secret, frame, req.path, status, body, epoch)})
+
+
+def frame_json(req: Request) -> dict[str, Any] | Response:
+    """The JSON object an admitted frame carries, or a 400 answer (logged)."""
+    try:
+        d = json.loads(req.body)
+        if not isinstance(d, dict):
+            raise ValueError("not an object")
+    except ValueError as exc:
+        log.warning("backchannel: garbage frame on %s from %s: %s", req.path, req.peer, exc)
+        return Response.json({"error": f"bad frame: {exc}"}, 400)
+    return d

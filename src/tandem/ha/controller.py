@@ -1,116 +1,88 @@
-"""The HA loop: observe -> decide -> act, one `run_cycle()` at a fixed pace.
+"""The HA loop: observe -> decide -> act, one cycle at a fixed pace.
 
-Beside the cycle, three fixed-pace loops feed observations: lock
-verification (holder only), heartbeats to the peer, and the isolation probe.
-Every I/O has a hard timeout shorter than what it protects. The cycle itself
-does no I/O except the actions it decides, performed in order and shielded
-from cancellation: "stop serving first, then release" is never half-done.
+Every state change goes through `decide()` (`decide.py`): the LockFile and the
+peer's news, and also the operator's switchover and force-activate, a failed
+activation step and the server stopping, are observations. Beside the cycle,
+fixed-pace loops feed observations: heartbeats to the peer (`peer.py`), the
+passive's record reads and the holder's verification thread (`lockwatch.py`),
+and the isolation probe. Every I/O has a hard timeout shorter than what it
+protects. The cycle does no I/O except the actions it decides, performed in
+order and shielded from cancellation: "stop serving first, then release" is
+never half-done. The HA-port routes are in `endpoints.py`, replication in
+`replicator.py` (which sees this controller only as a `ReplicationHost`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import threading
 import time
 from typing import Any
 
 from tandem.errors import LockError, PeerError, StoreError, TandemError
-from tandem.ha.backchannel import (
-    AUTH_HEADER,
-    OPERATOR,
-    BackchannelGate,
-    Frame,
-    FrameGuard,
-    PeerClient,
-    PeerView,
-    other_role,
-    sign_response,
-)
-from tandem.ha.decide import Action, Observations, decide, standby_after_step_down, step_down_actions
-from tandem.ha.interfaces import Controller, NoReplication, Replication, ServerOps
+from tandem.ha.decide import Action, Decision, Observations, decide
+from tandem.ha.endpoints import HAEndpoints
+from tandem.ha.interfaces import Controller, NoReplication, Replication, Routes, ServerOps
 from tandem.ha.lockfile import LockFile, LockRecord, check_lockfile
+from tandem.ha.lockwatch import LockWatch
+from tandem.ha.pace import every
+from tandem.ha.peer import PeerLink
 from tandem.ha.probe import Probe
-from tandem.ha.states import HOLDING, PEER_DEAD, SERVING, State, check_transition
-from tandem.net.httpmini import Request, Response, Route
+from tandem.ha.replicator import Replicator
+from tandem.ha.states import HOLDING, SERVING, State, check_transition
+from tandem.store import Store
 
 log = logging.getLogger("tandem.ha")
 
 HOLD_OFF_AFTER_STEP_DOWN = 1.0
 HOLD_OFF_AFTER_SWITCHOVER = 5.0
+HOLD_OFF_AFTER_FAILURE = 3.0
 TIE_BREAK = "secondary at start: the primary has the first try"
 
 
-def preflight(ops_profile: Any) -> None:
+def preflight(profile: Any) -> None:
     """Checks that must fail the start with exit 2 (rule 8)."""
-    ha = ops_profile.ha
-    if ha.Type != "none":
-        check_lockfile(ha.LockFile)
+    if profile.ha.Type != "none":
+        check_lockfile(profile.ha.LockFile)
 
 
 class HAController(Controller):
     def __init__(self, ops: ServerOps, replication: Replication | None = None) -> None:
         super().__init__(ops)
-        prof = ops.profile
-        ha = self.cfg = prof.ha
-        preflight(prof)
-        self.mode = ha.Type
-        self.name = prof.server.Name or prof.name
-        self.state = State.STARTING
-        self.since = time.time()
+        ha = self.cfg = ops.profile.ha
+        preflight(ops.profile)
+        self.mode, self.name = ha.Type, ops.profile.server.Name or ops.profile.name
+        self.state, self.since = State.STARTING, time.time()
+        self.epoch = 0  # highest epoch known; never goes backwards
         self.lock = LockFile(ha.LockFile, self.name, ha.LockIOTimeout / 1000)
+        self.watch = LockWatch(self.lock, ha.LockVerifyInterval / 1000,
+                               fence=(ha.LockVerifyInterval + ha.LockIOTimeout) / 1000)
         self.probe = Probe(ha.GatewayServerIPAddress, ha.GatewayServerPort, ha.ProbeTimeout / 1000,
                            ha.ProbeFailures)
-        self.peer = PeerView()
-        self.peer_client = PeerClient(ha.BackupHAIPAddress, ha.BackupHAPort, ha.PairSecret,
-                                      ha.HeartbeatInterval / 1000, me=ha.Role, epoch=lambda: self.epoch)
-        # frames are checked from their head, before a body byte is read (docs/ha.md)
-        guard = FrameGuard(ha.PairSecret, ha.Role)
-        self.peer_gate = BackchannelGate(guard, (other_role(ha.Role),))
-        self.operator_gate = BackchannelGate(guard, (OPERATOR,))
-        self.replication = replication or NoReplication()
-        self.fence = (ha.LockVerifyInterval + ha.LockIOTimeout) / 1000
+        self.peer = PeerLink(ha, epoch=lambda: self.epoch)
+        self.endpoints = HAEndpoints(self)
+        self.replication = replication or (Replicator(self, ha, self.endpoints.peer_gate)
+                                           if self.mode == "replicated" else NoReplication())
         self.tick = max(0.01, min(ha.LockRetryInterval, ha.LockVerifyInterval, ha.HeartbeatInterval) / 2000)
-        self.epoch = 0  # highest epoch known; never goes backwards
-        self.claimed = False
-        self.last_verified = float("-inf")
-        self.lock_lost = False
-        self.stepping_down = False  # from the first step-down action until the release
+        self.lock_lost = self.stepping_down = self.skip_takeover_wait = self.forced = self.switching = False
+        self.failure: str | None = None  # why the activation step just performed failed
         self.acquired_at: float | None = None
-        self.skip_takeover_wait = False
-        self.next_attempt = 0.0
-        self.hold_off_until = 0.0
-        self.hold_off_reason = ""
-        self.forced = False
+        self.next_attempt = self.hold_off_until = 0.0
+        self.hold_off_reason = self.last_reason = ""
         self.handover_epoch: int | None = None
         self.last_cycle = time.monotonic()
-        self.last_reason = ""
-        self.peer_error = ""
-        self.lock_error = ""  # the LockFile problem last logged ("" while it answers)
-        self.wake = asyncio.Event()
-        self.cycle_lock = asyncio.Lock()
+        self.wake, self.cycle_lock = asyncio.Event(), asyncio.Lock()
         self.tasks: list[asyncio.Task[None]] = []
         self.announcing: asyncio.Task[None] | None = None
-        self._verifier_stop = threading.Event()
 
     def __repr__(self) -> str:
         return (f"<HAController {self.name} {self.mode}/{self.cfg.Role} state={self.state} epoch={self.epoch} "
-                f"lock={'held' if self.lock.held else 'free'} peer={self.peer_state()} "
+                f"lock={'held' if self.lock.held else 'free'} peer={self.peer.state()} "
                 f"isolated={self.probe.isolated}>")
 
     # ---- observations ----
-    def peer_alive(self) -> bool:
-        return time.monotonic() - self.peer.heard_at <= self.cfg.peer_dead_after / 1000
-
-    def peer_state(self) -> str:
-        return (self.peer.state or "?") if self.peer_alive() else PEER_DEAD
-
-    def lock_fresh(self) -> bool:
-        return self.lock.held and self.claimed and time.monotonic() - self.last_verified <= self.fence
-
     def may_activate(self) -> bool:
-        if self.mode == "shared" or self.forced:
+        if self.mode == "shared":
             return True
         rec = self.lock.record
         if rec.unreadable:
@@ -126,101 +98,105 @@ class HAController(Controller):
                 f"recorded only {rec.in_sync} in sync; waiting for it to return "
                 "(or `tandem ha force-activate`)")
 
-    def observe(self) -> Observations:
-        now = time.monotonic()
-        took = self.acquired_at
+    def observe(self, stopping: bool = False) -> Observations:
+        now, took, peer = time.monotonic(), self.acquired_at, self.peer.view
         return Observations(
-            mode=self.mode, state=self.state, holds_lock=self.lock.held, lock_fresh=self.lock_fresh(),
+            mode=self.mode, state=self.state, holds_lock=self.lock.held, lock_fresh=self.watch.fresh(),
             lock_lost=self.lock_lost,
             takeover_elapsed=took is not None and (self.skip_takeover_wait
                                                    or now - took >= self.cfg.TakeoverWait / 1000),
-            client_open=self.ops.client_open, peer_alive=self.peer_alive(), isolated=self.probe.isolated,
-            may_activate=self.may_activate(),
-            hold_off=self.hold_off_reason if now < self.hold_off_until else None,
-            retry_due=now >= self.next_attempt,
-            passive_syncing=self.replication.passive_syncing(), peer_syncing=self.replication.peer_syncing(),
-            peer_serving_higher_epoch=(self.peer_alive() and self.peer.serving
-                                       and self.peer.epoch > self.lock.record.epoch and self.claimed),
-            store_open=self.ops.store is not None)
+            client_open=self.ops.client_open, peer_alive=self.peer.alive(), isolated=self.probe.isolated,
+            may_activate=self.may_activate(), hold_off=self.hold_off_reason if now < self.hold_off_until else None,
+            retry_due=now >= self.next_attempt, passive_syncing=self.replication.passive_syncing(),
+            peer_syncing=self.replication.peer_syncing(),
+            peer_serving_higher_epoch=(self.peer.alive() and peer.serving and peer.epoch > self.lock.record.epoch
+                                       and self.watch.claimed),
+            store_open=self.ops.store is not None, forced=self.forced, switchover=self.switching,
+            activation_failed=self.failure, stopping=stopping)
 
     def holds_verified_lock(self) -> bool:
         """May this server vouch for a write (rule 4) or change the LockFile's in-sync set?
         Only while serving, not stepping down, with the lock held, claimed and verified
         within the self-fence deadline, the record naming us."""
-        return (self.state in SERVING and not self.stepping_down and self.lock_fresh()
+        return (self.state in SERVING and not self.stepping_down and self.watch.fresh()
                 and self.lock.record.holder == self.name)
-
-    def standby_state(self) -> State:
-        """Where this server rests after stepping down (the decide rule, not a copy)."""
-        return standby_after_step_down(self.observe())
-
-    async def durable(self, lsn: int, epoch: int) -> None:
-        await self.replication.wait_durable(lsn, epoch)
 
     @property
     def serving(self) -> bool:
         """Rule 1: serving state, lock held and verified within the self-fence deadline, port open."""
-        return self.state in SERVING and self.lock_fresh() and self.ops.client_open
+        return self.state in SERVING and self.watch.fresh() and self.ops.client_open
 
     def healthy(self) -> bool:
         return time.monotonic() - self.last_cycle < max(0.5, self.cfg.WatchdogTimeout / 2000)
 
+    async def durable(self, lsn: int, epoch: int) -> None:
+        await self.replication.wait_durable(lsn, epoch)
+
     # ---- the cycle ----
-    async def run_cycle(self) -> str:
+    async def run_cycle(self, stopping: bool = False) -> str:
         async with self.cycle_lock:
+            return await self._cycle(stopping)
+
+    async def _cycle(self, stopping: bool = False) -> str:
+        d = decide(self.observe(stopping))
+        if Action.OPEN_CLIENT in d.actions and d.state != self.state:
+            # the state says serving before the port accepts: a request on a connection
+            # the port accepted is served, not turned away as not_active (SPEC section 3)
+            self._set_state(d.state, d.reason)
+        await self._perform(d)
+        if self.failure is not None:  # an activation step failed: decide again, knowing it
             d = decide(self.observe())
-            if Action.OPEN_CLIENT in d.actions and d.state != self.state:
-                # the state says serving before the port accepts: a request on a connection
-                # the port accepted is served, not turned away as not_active (SPEC section 3)
-                self._set_state(d.state, d.reason)
-            for action in d.actions:
-                await asyncio.shield(self._act(action))
-                if action in (Action.CLAIM, Action.OPEN_STORE, Action.OPEN_CLIENT) and not self.lock.held:
-                    break  # the action failed and stepped down
-            if self.state in HOLDING and not self.lock.held:
-                self._set_state(self.standby_state(), "activation aborted")
-            elif d.state != self.state and (self.lock.held or d.state not in HOLDING):
-                self._set_state(d.state, d.reason)
-            self.last_cycle = time.monotonic()
-            self.last_reason = d.reason
-            return d.reason
+            await self._perform(d)
+            self._hold_off(HOLD_OFF_AFTER_FAILURE, f"backing off after a failed activation: {self.failure}")
+            self.failure = None
+        if d.state != self.state:
+            self._set_state(d.state, d.reason)
+        self.last_cycle, self.last_reason = time.monotonic(), d.reason
+        return d.reason
+
+    async def _perform(self, d: Decision) -> None:
+        for action in d.actions:
+            await asyncio.shield(self._act(action, d.drain))
+            if self.failure is not None:
+                return
 
     def _set_state(self, new: State, reason: str) -> None:
         check_transition(self.mode, self.state, new)
         old, self.state, self.since = self.state, new, time.time()
         self.ops.console(f"HA  {old} -> {new}  epoch={self.epoch}  reason={reason}")
-        asyncio.get_running_loop().create_task(self.replication.on_state(str(new), self.epoch))
+        if new != State.STOPPED:
+            asyncio.get_running_loop().create_task(self.replication.on_state(str(new), self.epoch))
 
     def _hold_off(self, seconds: float, reason: str) -> None:
-        self.hold_off_until = time.monotonic() + seconds
-        self.hold_off_reason = reason
+        self.hold_off_until, self.hold_off_reason = time.monotonic() + seconds, reason
 
-    async def _act(self, action: Action, drain: float = 0.0) -> None:
-        """One action. `drain` is how long in-flight requests may finish when the client
-        port closes (0 in the cycle: a server that cannot prove its lock stops at once)."""
+    def _fail(self, why: str) -> None:
+        self.ops.console(f"HA  activation aborted: {why}")
+        self.failure = why
+
+    async def _act(self, action: Action, drain: float) -> None:
+        """One action. `drain`: how long in-flight requests may finish when the client port closes."""
         if action is Action.TRY_ACQUIRE:
             self.next_attempt = time.monotonic() + self.cfg.LockRetryInterval / 1000
             try:
                 if await self.lock.try_lock():
                     self.wake.set()  # claim at once, not a tick later
-                self._lock_problem("")
+                self.watch.problem("")
             except (TimeoutError, OSError, LockError) as exc:
-                self._lock_problem(f"lock attempt on {self.lock.path} failed: {exc or type(exc).__name__}")
+                self.watch.problem(f"lock attempt on {self.lock.path} failed: {exc or type(exc).__name__}")
             self.epoch = max(self.epoch, self.lock.record.epoch)
         elif action is Action.CLAIM:
             await self._claim()
         elif action is Action.OPEN_STORE:
             try:
-                self.ops.open_store()
-                assert self.ops.store is not None
-                self.ops.store.set_epoch(self.lock.record.epoch)
+                self.ops.open_store().set_epoch(self.lock.record.epoch)
             except (StoreError, OSError) as exc:
-                await self._abort_activation(f"cannot open the store: {exc}")
+                self._fail(f"cannot open the store: {exc}")
         elif action is Action.OPEN_CLIENT:
             try:
                 await self.ops.activate()
             except (OSError, RuntimeError, TandemError) as exc:
-                await self._abort_activation(f"cannot open the client port: {exc}")
+                self._fail(f"cannot open the client port: {exc}")
         elif action is Action.CLOSE_CLIENT:
             if self.lock.held:
                 self.stepping_down = True
@@ -229,33 +205,31 @@ class HAController(Controller):
             self.stepping_down = True
             self.replication.fail_pending()
         elif action is Action.RELEASE_LOCK:
-            released = self.lock.record.epoch if self.claimed else None
+            released = self.lock.record.epoch if self.watch.claimed else None
             self._release()
             if released is not None:  # we stopped serving first: the peer need not wait
-                self.announcing = asyncio.get_running_loop().create_task(self._announce_release(released))
+                self.announcing = asyncio.get_running_loop().create_task(self.peer.announce_release(released))
         elif action is Action.CLOSE_STORE:
             self.ops.close_store()
 
     async def _claim(self) -> None:
         prev = self.lock.record  # the previous holder's record, found under the lock
-        in_sync = [self.name]
         try:
             store_epoch = self.ops.store.epoch if self.ops.store is not None else 0
-            epoch = await self.lock.claim(in_sync, forced=self.forced, floor=max(self.epoch, store_epoch))
+            epoch = await self.lock.claim([self.name], forced=self.forced, floor=max(self.epoch, store_epoch))
         except (TimeoutError, OSError, LockError) as exc:
-            await self._abort_activation(f"cannot write the LockFile: {exc or type(exc).__name__}")
+            self._fail(f"cannot write the LockFile: {exc or type(exc).__name__}")
             return
         now = time.monotonic()
-        self.claimed, self.last_verified, self.acquired_at, self.lock_lost = True, now, now, False
+        self.watch.claimed, self.watch.last_verified, self.acquired_at, self.lock_lost = True, now, now, False
         self.skip_takeover_wait, why = self._old_holder_gone(prev)
         if self.skip_takeover_wait:
             self.ops.console(f"HA  no takeover wait: {why}")
-        elif prev.holder == self.peer.name and self.peer.heard_at > 0:
+        elif prev.holder == self.peer.view.name and self.peer.view.heard_at > 0:
             asyncio.get_running_loop().create_task(self._probe_old_holder(epoch))
         asyncio.get_running_loop().call_later(0 if self.skip_takeover_wait else self.cfg.TakeoverWait / 1000,
                                               self.wake.set)
-        self.handover_epoch = None
-        self.epoch = max(self.epoch, epoch)
+        self.handover_epoch, self.epoch = None, max(self.epoch, epoch)
         if self.forced:
             self.ops.console(f"HA  operator forced activation at epoch={epoch}: acknowledged writes may be lost")
             self.forced = False
@@ -263,137 +237,53 @@ class HAController(Controller):
             try:
                 self.ops.store.set_epoch(epoch)
             except StoreError as exc:
-                await self._abort_activation(f"store refuses epoch {epoch}: {exc}")
-
-    async def _announce_release(self, epoch: int) -> None:
-        try:
-            await self.peer_client.post("/ha/peer/takeover", {"epoch": epoch, "released": True}, timeout=1.0)
-        except PeerError:
-            pass  # best effort: without it the peer simply waits TakeoverWait
+                self._fail(f"store refuses epoch {epoch}: {exc}")
 
     async def _probe_old_holder(self, epoch: int) -> None:
         """Just after taking the lock from our peer: does its HA port refuse connections?
-        A server's HA port is open for the whole life of its process, and the previous
-        holder claimed its epoch before we acquired; a refusal *now* means that process
-        is gone. Only signed exchanges with the peer before (heard_at) vouch that the
-        address is really the peer's."""
-        try:
-            _, w = await asyncio.wait_for(
-                asyncio.open_connection(self.cfg.BackupHAIPAddress, self.cfg.BackupHAPort), 0.2)
-            w.close()
-            return  # something listens: the previous holder may still be alive; wait
-        except ConnectionRefusedError:
-            pass
-        except (OSError, TimeoutError):
-            return  # unreachable or slow is not proof of anything
-        if self.state == State.ACTIVATING and self.claimed and self.lock.record.epoch == epoch:
+        The previous holder claimed its epoch before we acquired; a refusal *now* means
+        that process is gone. Only signed exchanges with the peer before (heard_at)
+        vouch that the address is really the peer's."""
+        if not await self.peer.port_refuses():
+            return  # something listens (or nothing proves otherwise): the previous holder may be alive
+        if self.state == State.ACTIVATING and self.watch.claimed and self.lock.record.epoch == epoch:
             self.skip_takeover_wait = True
-            self.ops.console(f"HA  no takeover wait: the previous holder {self.peer.name} is down "
+            self.ops.console(f"HA  no takeover wait: the previous holder {self.peer.view.name} is down "
                              "(its HA port refuses connections)")
             self.wake.set()
 
     def _old_holder_gone(self, rec: LockRecord) -> tuple[bool, str]:
-        """The takeover wait covers a holder that lost the lock without knowing yet.
-        It is skipped only when the holder of `rec` provably no longer serves: it
-        handed that very epoch over after it stopped serving, or nobody ever held the
-        lock. (A refusal of the peer's HA port proves it too, but only one observed
-        after we took the lock: `_probe_old_holder`.)"""
+        """The takeover wait covers a holder that lost the lock without knowing yet. It is
+        skipped only when the holder of `rec` provably no longer serves: it handed that very
+        epoch over after it stopped serving, or nobody ever held the lock (or, observed after
+        we took the lock, its HA port refuses connections: `_probe_old_holder`)."""
         if self.handover_epoch is not None and self.handover_epoch == rec.epoch:
             return True, f"the peer handed over epoch {rec.epoch}"
         if rec.epoch == 0 and not rec.holder:
             return True, "nobody has held the lock before"
         return False, ""
 
-    async def _stand_down(self, drain: float) -> None:
-        """Step down now, outside the cycle's decision (switchover, failed activation,
-        shutdown): the same sequence the cycle uses (`step_down_actions`)."""
-        for action in step_down_actions(self.mode, client_open=True):
-            await asyncio.shield(self._act(action, drain))
-
-    async def _abort_activation(self, why: str) -> None:
-        self.ops.console(f"HA  activation aborted: {why}")
-        await self._stand_down(0.0)
-        self._hold_off(3.0, f"backing off after a failed activation: {why}")
-
     def _release(self) -> None:
         self.lock.release()
-        self.claimed, self.acquired_at, self.lock_lost = False, None, False
-        self.stepping_down = False  # the lock is gone: nothing can be vouched for anyway
-        self.skip_takeover_wait = False
+        self.watch.claimed, self.acquired_at, self.lock_lost = False, None, False
+        self.stepping_down = self.skip_takeover_wait = False  # the lock is gone: nothing can be vouched for
         self.next_attempt = time.monotonic() + self.cfg.LockRetryInterval / 1000
         if time.monotonic() >= self.hold_off_until:
             self._hold_off(HOLD_OFF_AFTER_STEP_DOWN, "just stepped down: giving the peer the first try")
 
-    # ---- loops ----
-    async def _every(self, interval: float, fn: Any, name: str, wake: asyncio.Event | None = None) -> None:
-        """Fixed pace: next += interval; warn on overrun, never drift. With `wake`,
-        a tick also runs as soon as the event is set (the pace restarts from then)."""
-        loop = asyncio.get_running_loop()
-        nxt = loop.time()
-        while True:
-            try:
-                await fn()
-            except Exception:  # a loop must survive a bug in one tick
-                log.exception("%s tick failed", name)
-            nxt += interval
-            delay = nxt - loop.time()
-            if delay < -interval:
-                log.warning("%s loop overran by %.0f ms", name, -delay * 1000)
-                nxt = loop.time()
-                delay = 0
-            if wake is None:
-                await asyncio.sleep(max(delay, 0))
-                continue
-            try:
-                await asyncio.wait_for(wake.wait(), max(delay, 0))
-                nxt = loop.time()  # woken early: the pace restarts from now
-            except TimeoutError:
-                pass
-            wake.clear()
-
-    async def _passive_read_tick(self) -> None:
-        if not self.lock.held:
-            if self.mode == "replicated" and self.state not in HOLDING:
-                # a passive learns from the record whether it is in sync (rule 5)
-                try:
-                    before = self.may_activate()
-                    await self.lock.read()
-                    self.epoch = max(self.epoch, self.lock.record.epoch)
-                    if self.may_activate() != before:
-                        self.wake.set()
-                    self._lock_problem("")
-                except (TimeoutError, OSError, LockError) as exc:
-                    self._lock_problem(f"reading the LockFile failed: {exc or type(exc).__name__}")
+    # ---- what the loops and the peer tell us ----
+    async def _record_tick(self) -> None:
+        """A replicated passive learns from the record whether it is in sync (rule 5)."""
+        if self.lock.held or self.mode != "replicated" or self.state in HOLDING:
             return
-
-    def _verifier(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Lock verification on a thread of its own, three attempts per period: it
-        keeps proving the lock while the event loop is busy (a stalled loop cannot
-        serve anyway), and one slow fsync does not cost the lock. Freshness is
-        still "a write+fsync that succeeded within the self-fence deadline"."""
-        period = self.cfg.LockVerifyInterval / 3000
-        nxt = time.monotonic()
-        while not self._verifier_stop.is_set():
-            if self.lock.held and self.claimed:
-                started = time.monotonic()
-                try:
-                    why = self.lock.verify_blocking()
-                except RuntimeError:
-                    return  # the LockFile was closed: the server is stopping
-                except (TimeoutError, OSError, LockError) as exc:
-                    log.warning("lock verification did not finish: %s", exc or type(exc).__name__)
-                else:
-                    if why is None:
-                        self.last_verified = max(self.last_verified, started)
-                    elif self.lock.held and self.claimed:
-                        loop.call_soon_threadsafe(self._lock_lost, why)
-            nxt += period
-            if nxt < time.monotonic():
-                nxt = time.monotonic()
-            self._verifier_stop.wait(nxt - time.monotonic())
+        before = self.may_activate()
+        if await self.watch.read("reading the LockFile"):
+            self.epoch = max(self.epoch, self.lock.record.epoch)
+            if self.may_activate() != before:
+                self.wake.set()
 
     def _lock_lost(self, why: str) -> None:
-        if self.lock.held and self.claimed:
+        if self.lock.held and self.watch.claimed:
             self.ops.console(f"HA  lock verification failed: {why}")
             self.lock_lost = True
             self.wake.set()
@@ -404,37 +294,22 @@ class HAController(Controller):
                 "serving": self.serving, "lsn": store.last_lsn() if store is not None else None}
 
     async def _heartbeat_tick(self) -> None:
-        try:
-            d = await self.peer_client.post("/ha/peer/heartbeat", self.heartbeat_payload())
-        except (PeerError, ValueError) as exc:
-            self._peer_problem(str(exc))
-            return
-        self._peer_news(d)
-        self.peer_error = ""
+        if (d := await self.peer.heartbeat(self.heartbeat_payload())) is not None:
+            self.peer_news(d)
 
-    def _peer_news(self, d: dict[str, Any]) -> None:
-        was_alive = self.peer_alive()
-        self.peer.update(d)
-        self.epoch = max(self.epoch, self.peer.epoch)
-        if self.peer.serving and self.hold_off_reason == TIE_BREAK:
+    def peer_news(self, d: dict[str, Any]) -> None:
+        revived = self.peer.heard(d)
+        self.epoch = max(self.epoch, self.peer.view.epoch)
+        if self.peer.view.serving and self.hold_off_reason == TIE_BREAK:
             self.hold_off_until = 0.0  # the peer already serves: there is no tie to break
-        if not was_alive or (self.peer.serving and self.state in HOLDING):
+        if revived or (self.peer.view.serving and self.state in HOLDING):
             self.wake.set()
 
-    def _lock_problem(self, msg: str) -> None:
-        """Log a LockFile problem once, not at every 50 ms attempt; "" when it works again."""
-        if msg == self.lock_error:
-            return
-        if msg:
-            log.warning("%s", msg)
-        else:
-            log.info("the LockFile %s answers again", self.lock.path)
-        self.lock_error = msg
-
-    def _peer_problem(self, msg: str) -> None:
-        if msg != self.peer_error:
-            log.warning("backchannel: %s", msg)
-            self.peer_error = msg
+    def peer_released(self, epoch: int) -> None:
+        self.handover_epoch = epoch
+        self.hold_off_until, self.next_attempt = 0.0, 0.0
+        self.ops.console(f"HA  peer released epoch={epoch} after it stopped serving")
+        self.wake.set()
 
     async def _probe_tick(self) -> None:
         was = self.probe.isolated
@@ -446,6 +321,35 @@ class HAController(Controller):
             else:
                 self.ops.console(f"HA  probe of {self.probe.target} answers again: no longer isolated")
             self.wake.set()
+
+    # ---- operator commands (HA port: endpoints.py) ----
+    async def switchover(self) -> tuple[str | None, int]:
+        async with self.cycle_lock:
+            if self.state not in SERVING:
+                return f"{self.name} is {self.state}, not active", self.epoch
+            ready = State.PASSIVE.value
+            if not self.peer.alive() or self.peer.view.state != ready:
+                return f"peer is {self.peer.state()}, not {ready}: refusing a switchover", self.epoch
+            epoch = self.lock.record.epoch
+            self._hold_off(HOLD_OFF_AFTER_SWITCHOVER, "switchover: the peer takes over")
+            self.switching = True
+            try:
+                await self._cycle()
+            finally:
+                self.switching = False
+            self._hold_off(HOLD_OFF_AFTER_SWITCHOVER, "switchover: the peer takes over")
+        try:
+            await self.peer.client.post("/ha/peer/takeover", {"epoch": epoch}, timeout=2.0)
+        except PeerError as exc:
+            self.ops.console(f"HA  switchover: peer did not acknowledge the handover ({exc}); it will take "
+                             "the lock on its next attempt")
+        return None, epoch
+
+    def force_activate(self) -> None:
+        self.forced, self.hold_off_until = True, 0.0
+        self.ops.console("HA  force-activate requested by operator: this server may activate although its "
+                         "store may miss acknowledged writes (rule 5 overridden)")
+        self.wake.set()
 
     # ---- Controller API ----
     async def start(self) -> None:
@@ -461,148 +365,69 @@ class HAController(Controller):
         except (TimeoutError, OSError, LockError) as exc:
             log.warning("reading the LockFile at start failed: %s", exc or type(exc).__name__)
         ha = self.cfg
-        self.tasks = [
-            asyncio.create_task(self._every(self.tick, self.run_cycle, "cycle", self.wake)),
-            asyncio.create_task(self._every(ha.LockVerifyInterval / 1000, self._passive_read_tick, "record")),
-            asyncio.create_task(self._every(ha.HeartbeatInterval / 1000, self._heartbeat_tick, "heartbeat")),
-        ]
+        self.tasks = [asyncio.create_task(every(self.tick, self.run_cycle, "cycle", self.wake)),
+                      asyncio.create_task(every(ha.LockVerifyInterval / 1000, self._record_tick, "record")),
+                      asyncio.create_task(every(ha.HeartbeatInterval / 1000, self._heartbeat_tick, "heartbeat"))]
         if self.probe.enabled:
-            self.tasks.append(asyncio.create_task(self._every(ha.ProbeInterval / 1000, self._probe_tick, "probe")))
-        self._verifier_thread = threading.Thread(target=self._verifier, args=(asyncio.get_running_loop(),),
-                                                 name="lock-verifier", daemon=True)
-        self._verifier_thread.start()
+            self.tasks.append(asyncio.create_task(every(ha.ProbeInterval / 1000, self._probe_tick, "probe")))
+        self.watch.start(self._lock_lost)
 
     async def stop(self) -> None:
-        self._verifier_stop.set()
+        self.watch.stop()
         for t in self.tasks:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        async with self.cycle_lock:
-            if self.state in HOLDING:
-                await self._stand_down(5.0)  # stop serving first (graceful: drain), then release
-            else:
-                await self.ops.deactivate(drain_timeout=5.0)
-            self.lock.close()
-            if self.mode == "shared":
-                self.ops.close_store()
-            old, self.state, self.since = self.state, State.STOPPED, time.time()
-            self.ops.console(f"HA  {old} -> {self.state}  epoch={self.epoch}  reason=server stopping")
+        await self.run_cycle(stopping=True)  # stop serving first (in-flight requests drain), then release
+        self.lock.close()
         if self.announcing is not None:  # let the peer know it need not wait (bounded: 1 s)
             await asyncio.gather(self.announcing, return_exceptions=True)
         await self.replication.close()
-        await self.peer_client.close()
+        await self.peer.close()
 
-    def store_reopened(self, store: Any) -> None:
+    def store_reopened(self, store: Store) -> None:
         self.replication.attach(store)
 
+    def routes(self) -> Routes:
+        return {**self.endpoints.routes(), **self.replication.routes()}
+
     def status(self) -> dict[str, Any]:
-        rep = self.replication.status()
+        rep, rec = self.replication.status(), self.lock.record
         return {
             "type": self.mode, "role": self.cfg.Role, "state": str(self.state), "epoch": self.epoch,
-            "peer": {"state": self.peer_state(), "address": f"{self.cfg.BackupHAIPAddress}:{self.cfg.BackupHAPort}",
-                     "client_address": self.cfg.BackupServerIp, "epoch": self.peer.epoch,
+            "peer": {"state": self.peer.state(), "address": f"{self.cfg.BackupHAIPAddress}:{self.cfg.BackupHAPort}",
+                     "client_address": self.cfg.BackupServerIp, "epoch": self.peer.view.epoch,
                      "replicated_lsn": rep.get("replicated_lsn"), "lag": rep.get("lag")},
-            "lock": {"path": self.lock.path, "held": self.lock.held and self.claimed,
-                     "verified_ms_ago": (round((time.monotonic() - self.last_verified) * 1000)
-                                         if self.claimed else None),
-                     "holder": self.lock.record.holder, "in_sync": self.lock.record.in_sync},
+            "lock": {"path": self.lock.path, "held": self.lock.held and self.watch.claimed,
+                     "verified_ms_ago": self.watch.verified_ms_ago(), "holder": rec.holder, "in_sync": rec.in_sync},
             "isolated": self.probe.isolated, "since": self.since, "reason": self.last_reason,
             "waiting_reason": self.waiting_reason() if self.state == State.WAITING else None,
             "replication": rep,
         }
 
-    # ---- HA-port routes ----
-    def routes(self) -> dict[tuple[str, str], Route]:
-        small = self.cfg.HAMaxControlBytes
-        r: dict[tuple[str, str], Route] = {
-            ("POST", "/ha/peer/heartbeat"): Route(self._h_heartbeat, small, self.peer_gate),
-            ("POST", "/ha/peer/takeover"): Route(self._h_takeover, small, self.peer_gate),
-            ("POST", "/ha/switchover"): Route(self._h_switchover, small, self.operator_gate),
-            ("POST", "/ha/force-activate"): Route(self._h_force, small, self.operator_gate),
-        }
-        r.update(self.replication.routes())
-        return r
+    # ---- ReplicationHost (what the replicator may ask) ----
+    def store(self) -> Store | None:
+        return self.ops.store
 
-    def signed(self, req: Request, data: dict[str, Any], status: int = 200) -> Response:
-        """Our answer to a frame the gate admitted, signed for its sender."""
-        body = json.dumps(data, separators=(",", ":")).encode()
-        frame: Frame = req.auth
-        return Response(status, body, headers={
-            AUTH_HEADER: sign_response(self.cfg.PairSecret, frame, req.path, status, body, self.epoch)})
+    def console(self, line: str) -> None:
+        self.ops.console(line)
 
-    def frame_body(self, req: Request) -> dict[str, Any] | Response:
-        """The JSON object of an admitted frame, or a 400 answer."""
-        try:
-            d = json.loads(req.body)
-            if not isinstance(d, dict):
-                raise ValueError("not an object")
-        except ValueError as exc:
-            log.warning("backchannel: garbage frame on %s from %s: %s", req.path, req.peer, exc)
-            return Response.json({"error": f"bad frame: {exc}"}, 400)
-        return d
+    def set_aside_store(self) -> str:
+        return self.ops.set_aside_store()
 
-    def _stale_command(self, req: Request) -> Response | None:
-        """An operator command signed for another epoch than ours: refused (a replay or
-        a command about a pair that has moved on)."""
-        frame: Frame = req.auth
-        if frame.epoch == self.epoch:
-            return None
-        log.warning("backchannel: refused %s from %s: signed for epoch %d, this server is at epoch %d",
-                    req.path, req.peer, frame.epoch, self.epoch)
-        return self.signed(req, {"ok": False, "error": f"command signed for epoch {frame.epoch}, {self.name} is at "
-                                                      f"epoch {self.epoch} (stale or replayed): run it again"}, 409)
+    def peer_alive(self) -> bool:
+        return self.peer.alive()
 
-    async def _h_heartbeat(self, req: Request) -> Response:
-        d = self.frame_body(req)
-        if isinstance(d, Response):
-            return d
-        self._peer_news(d)
-        return self.signed(req, self.heartbeat_payload())
+    def peer_lsn(self) -> int | None:
+        return self.peer.view.lsn
 
-    async def _h_takeover(self, req: Request) -> Response:
-        d = self.frame_body(req)
-        if isinstance(d, Response):
-            return d
-        self.handover_epoch = int(d.get("epoch", -1))
-        self.hold_off_until, self.next_attempt = 0.0, 0.0
-        self.ops.console(f"HA  peer released epoch={self.handover_epoch} after it stopped serving")
+    async def post(self, path: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
+        return await self.peer.client.post(path, payload, timeout=timeout)
+
+    def refuses_frames(self) -> str | None:
+        return f"{self.name} is {self.state}" if self.state in HOLDING or self.lock.held else None
+
+    def learn_epoch(self, epoch: int) -> None:
+        self.epoch = max(self.epoch, epoch)
+
+    def nudge(self) -> None:
         self.wake.set()
-        return self.signed(req, {"ok": True, "server": self.name})
-
-    async def _h_switchover(self, req: Request) -> Response:
-        d = self.frame_body(req)
-        if isinstance(d, Response):
-            return d
-        if (stale := self._stale_command(req)) is not None:
-            return stale
-        async with self.cycle_lock:
-            if self.state not in SERVING:
-                return self.signed(req, {"ok": False, "error": f"{self.name} is {self.state}, not active"}, 409)
-            ready = State.PASSIVE.value
-            if not self.peer_alive() or self.peer.state != ready:
-                return self.signed(req, {"ok": False, "error": f"peer is {self.peer_state()}, not {ready}: "
-                                                                       "refusing a switchover"}, 409)
-            epoch = self.lock.record.epoch
-            self._hold_off(HOLD_OFF_AFTER_SWITCHOVER, "switchover: the peer takes over")
-            await self._stand_down(2.0)
-            self._hold_off(HOLD_OFF_AFTER_SWITCHOVER, "switchover: the peer takes over")
-            self._set_state(self.standby_state(), "switchover requested by operator")
-        try:
-            await self.peer_client.post("/ha/peer/takeover", {"epoch": epoch}, timeout=2.0)
-        except PeerError as exc:
-            self.ops.console(f"HA  switchover: peer did not acknowledge the handover ({exc}); it will take "
-                             "the lock on its next attempt")
-        return self.signed(req, {"ok": True, "from": self.name, "epoch": epoch})
-
-    async def _h_force(self, req: Request) -> Response:
-        d = self.frame_body(req)
-        if isinstance(d, Response):
-            return d
-        if (stale := self._stale_command(req)) is not None:
-            return stale
-        self.forced = True
-        self.hold_off_until = 0.0
-        self.ops.console("HA  force-activate requested by operator: this server may activate although its "
-                         "store may miss acknowledged writes (rule 5 overridden)")
-        self.wake.set()
-        return self.signed(req, {"ok": True, "server": self.name, "state": str(self.state)})

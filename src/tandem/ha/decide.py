@@ -11,7 +11,14 @@ hypothesis state machine:
   self-fence deadline of whoever held it before);
 - isolation never makes a server try the lock (rule 3);
 - in replicated mode a server whose store may miss acknowledged writes does
-  not try the lock (rule 5): `Waiting`.
+  not try the lock (rule 5): `Waiting`, unless an operator forced activation.
+
+Operator commands and the controller's own events are observations too, so
+every state change goes through here: a switchover (`switchover`), a forced
+activation (`forced`), an activation step that failed (`activation_failed`),
+and the server stopping (`stopping`). Each step-down uses the one sequence
+`step_down_actions`; `Decision.drain` says how long in-flight requests may
+finish when the client port closes (0 when the lock can no longer be proven).
 """
 
 from __future__ import annotations
@@ -20,6 +27,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from tandem.ha.states import HOLDING, SERVING, State, check_transition
+
+SWITCHOVER_DRAIN = 2.0  # seconds in-flight requests may finish when an operator switches over
+SHUTDOWN_DRAIN = 5.0  # ... when the server stops
 
 
 class Action(StrEnum):
@@ -51,6 +61,10 @@ class Observations:
     peer_syncing: bool = False  # replicated active: sending catch-up data
     peer_serving_higher_epoch: bool = False  # the peer says it serves with a higher epoch than ours
     store_open: bool = True
+    forced: bool = False  # an operator forced activation: rule 5 overridden (until the next claim)
+    switchover: bool = False  # an operator asked this active to hand over to its peer
+    activation_failed: str | None = None  # why an activation step (claim, store, port) just failed
+    stopping: bool = False  # the server process is stopping
 
 
 @dataclass(frozen=True)
@@ -58,11 +72,12 @@ class Decision:
     state: State
     actions: tuple[Action, ...]
     reason: str
+    drain: float = 0.0  # seconds in-flight requests may finish if the actions close the client port
 
 
 def _may(o: Observations) -> bool:
     """A passive mid-catch-up does not have every acknowledged write yet."""
-    return o.mode == "shared" or (o.may_activate and not o.passive_syncing)
+    return o.mode == "shared" or ((o.may_activate or o.forced) and not o.passive_syncing)
 
 
 def _standby(o: Observations, leaving_hold: bool = False) -> State:
@@ -71,7 +86,7 @@ def _standby(o: Observations, leaving_hold: bool = False) -> State:
         return State.PASSIVE
     if o.passive_syncing and not leaving_hold:
         return State.PASSIVE_SYNC
-    return State.PASSIVE if o.may_activate else State.WAITING
+    return State.PASSIVE if o.may_activate or o.forced else State.WAITING
 
 
 def _serving_state(o: Observations) -> State:
@@ -98,12 +113,28 @@ def standby_after_step_down(o: Observations) -> State:
     return _standby(o, leaving_hold=True)
 
 
-def _step_down(o: Observations, reason: str) -> Decision:
-    return Decision(standby_after_step_down(o),
-                    step_down_actions(o.mode, o.client_open or o.state in SERVING), reason)
+def _step_down(o: Observations, reason: str, drain: float = 0.0, state: State | None = None) -> Decision:
+    return Decision(state or standby_after_step_down(o),
+                    step_down_actions(o.mode, o.client_open or o.state in SERVING), reason, drain)
+
+
+def _stop(o: Observations) -> Decision:
+    """The server stops: a holder steps down (in-flight requests drain), anyone closes
+    what is open; the state is `Stopped`."""
+    reason = "server stopping"
+    if o.state in HOLDING or o.holds_lock:
+        return _step_down(o, reason, SHUTDOWN_DRAIN, State.STOPPED)
+    actions: tuple[Action, ...] = (Action.CLOSE_CLIENT,) if o.client_open else ()
+    if o.mode == "shared":
+        actions += (Action.CLOSE_STORE,)
+    return Decision(State.STOPPED, actions, reason, SHUTDOWN_DRAIN)
 
 
 def _decide(o: Observations) -> Decision:
+    if o.stopping:
+        return _stop(o)
+    if o.activation_failed is not None and (o.state in HOLDING or o.holds_lock):
+        return _step_down(o, f"activation aborted: {o.activation_failed}")
     if o.state in HOLDING:
         if not o.holds_lock or o.lock_lost:
             return _step_down(o, "lock lost: verification shows the LockFile is no longer ours")
@@ -113,6 +144,8 @@ def _decide(o: Observations) -> Decision:
             return _step_down(o, "isolated: gateway machine unreachable, releasing the lock")
         if o.peer_serving_higher_epoch:
             return _step_down(o, "peer serves with a higher epoch")
+        if o.switchover and o.state in SERVING:
+            return _step_down(o, "switchover requested by operator", SWITCHOVER_DRAIN)
         if o.state == State.ACTIVATING:
             if not o.takeover_elapsed:
                 return Decision(State.ACTIVATING, (), "activating: takeover wait")

@@ -29,18 +29,17 @@ import base64
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from tandem.config.model import HASection
 from tandem.errors import ChangeRejected, LockError, NotDurable, PeerError, StoreError, TandemError
+from tandem.ha.backchannel import BackchannelGate, answer, frame_json
 from tandem.ha.durability import AckObservations, Verdict, may_acknowledge
 from tandem.ha.interfaces import Replication
-from tandem.ha.lockfile import LockRecord
-from tandem.ha.states import HOLDING, SERVING
+from tandem.ha.lockfile import LockFile, LockRecord
+from tandem.ha.states import SERVING
 from tandem.net.httpmini import Request, Response, Route
 from tandem.store import Change, LogTruncated, Store
-
-if TYPE_CHECKING:
-    from tandem.ha.controller import HAController
 
 log = logging.getLogger("tandem.ha.replicator")
 
@@ -52,10 +51,49 @@ class Resync(TandemError):
     """The session must start over (the peer refused a frame)."""
 
 
+class ReplicationHost(Protocol):
+    """What the replicator may ask of the HA controller that runs it."""
+
+    name: str
+    lock: LockFile  # the record (epoch, in-sync set) and its writes
+
+    @property
+    def epoch(self) -> int:
+        """The highest epoch this server knows."""
+
+    def learn_epoch(self, epoch: int) -> None:
+        """A frame of the active carried `epoch` (never lower than ours)."""
+
+    def store(self) -> Store | None: ...
+
+    def set_aside_store(self) -> str:
+        """Rule 6: keep a diverged copy aside, reopen the store empty; returns where."""
+
+    def console(self, line: str) -> None: ...
+
+    def peer_alive(self) -> bool: ...
+
+    def peer_lsn(self) -> int | None:
+        """The last lsn the peer reported in a heartbeat."""
+
+    async def post(self, path: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """A signed request to the peer's HA port; raises PeerError."""
+        ...
+
+    def holds_verified_lock(self) -> bool:
+        """May this server vouch for a write or change the LockFile's in-sync set?"""
+
+    def refuses_frames(self) -> str | None:
+        """Why a replication frame from the peer is refused now (we hold the lock), or None."""
+
+    def nudge(self) -> None:
+        """Run the HA cycle now (the in-sync set or a catch-up changed)."""
+
+
 class Replicator(Replication):
-    def __init__(self, ctl: HAController) -> None:
-        self.ctl = ctl
-        self.sync = ctl.cfg.ReplicationMode == "sync"
+    def __init__(self, host: ReplicationHost, cfg: HASection, gate: BackchannelGate) -> None:
+        self.host, self.cfg, self.gate = host, cfg, gate
+        self.sync = cfg.ReplicationMode == "sync"
         self.acked_lsn = 0
         self.in_sync = False
         self.catching_up = False
@@ -69,12 +107,12 @@ class Replicator(Replication):
         self._recording = False  # a write naming the peer in sync is under way
 
     def __repr__(self) -> str:
-        return (f"<Replicator {self.ctl.name} {'sync' if self.sync else 'async'} acked={self.acked_lsn} "
+        return (f"<Replicator {self.host.name} {'sync' if self.sync else 'async'} acked={self.acked_lsn} "
                 f"in_sync={self.in_sync} catching_up={self.catching_up}>")
 
     @property
     def store(self) -> Store:
-        st = self.ctl.ops.store
+        st = self.host.store()
         if st is None:
             raise StoreError("store not open")
         return st
@@ -92,10 +130,10 @@ class Replicator(Replication):
     async def _retention(self) -> None:
         """Keep the change log bounded (`LogRetention` changes), on both halves. A passive
         that falls further behind than the log reaches is caught up by a snapshot."""
-        keep = self.ctl.cfg.LogRetention
+        keep = self.cfg.LogRetention
         while True:
             await asyncio.sleep(RETENTION_EVERY)
-            st = self.ctl.ops.store
+            st = self.host.store()
             if st is None:
                 continue
             try:
@@ -113,11 +151,11 @@ class Replicator(Replication):
         return self.task is not None and self.catching_up
 
     def status(self) -> dict[str, Any]:
-        st = self.ctl.ops.store
+        st = self.host.store()
         if self.task is not None and st is not None:
             return {"replicated_lsn": self.acked_lsn, "lag": st.last_lsn() - self.acked_lsn,
                     "in_sync": self.in_sync, "mode": "sync" if self.sync else "async"}
-        peer_lsn = self.ctl.peer.lsn if self.ctl.peer_alive() else None
+        peer_lsn = self.host.peer_lsn() if self.host.peer_alive() else None
         mine = st.last_lsn() if st is not None else None
         lag = peer_lsn - mine if isinstance(peer_lsn, int) and mine is not None else None
         return {"replicated_lsn": mine, "lag": lag, "mode": "sync" if self.sync else "async"}
@@ -146,15 +184,14 @@ class Replicator(Replication):
 
     # ---- durability of acknowledged writes ----
     def _ack_observations(self, lsn: int, epoch: int, timed_out: bool) -> AckObservations:
-        ctl = self.ctl
-        rec = ctl.lock.record
+        rec = self.host.lock.record
         return AckObservations(
             sync=self.sync, peer_acked=self.acked_lsn >= lsn, streaming=self.in_sync and self.task is not None,
-            peer_alive=ctl.peer_alive(), timed_out=timed_out, holds_verified=ctl.holds_verified_lock(),
+            peer_alive=self.host.peer_alive(), timed_out=timed_out, holds_verified=self.host.holds_verified_lock(),
             lock_epoch=rec.epoch, write_epoch=epoch, peer_in_record=self._recording or self._peer_named(rec))
 
     def _peer_named(self, rec: LockRecord) -> bool:
-        return any(n != self.ctl.name for n in rec.in_sync)
+        return any(n != self.host.name for n in rec.in_sync)
 
     async def wait_durable(self, lsn: int, epoch: int) -> None:
         """Return once the write at (`epoch`, `lsn`) may be acknowledged to a client;
@@ -162,7 +199,7 @@ class Replicator(Replication):
         carries out its verdicts: wait for the peer's ack (at most the peer timeout),
         record the peer out of sync, answer."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.ctl.cfg.peer_dead_after / 1000
+        deadline = loop.time() + self.cfg.peer_dead_after / 1000
         timed_out = False
         while True:
             verdict, why = may_acknowledge(self._ack_observations(lsn, epoch, timed_out))
@@ -206,22 +243,21 @@ class Replicator(Replication):
         would read itself out of sync and wait). Raises NotDurable when it may not or
         the write fails: nothing is acknowledged then."""
         async with self._record_lock:
-            ctl = self.ctl
-            rec = ctl.lock.record
+            rec = self.host.lock.record
             if not (self._recording or self._peer_named(rec)):
                 return  # already recorded
-            if not ctl.holds_verified_lock():
+            if not self.host.holds_verified_lock():
                 raise NotDurable(f"cannot record the peer out of sync ({why}): this server does not hold "
                                  "a verified lock")
             try:
-                await ctl.lock.set_in_sync([ctl.name], rec.epoch)
+                await self.host.lock.set_in_sync([self.host.name], rec.epoch)
             except (TimeoutError, OSError, LockError) as exc:
                 raise NotDurable(f"cannot record the peer out of sync ({why}): "
                                  f"{exc or type(exc).__name__}") from exc
             self.in_sync = self._recording = False
-            ctl.ops.console(f"REPL  peer out of sync: {why}; writes now acknowledged without it")
+            self.host.console(f"REPL  peer out of sync: {why}; writes now acknowledged without it")
             self._wake_waiters()
-            ctl.wake.set()
+            self.host.nudge()
 
     # ---- active side ----
     async def _run(self) -> None:
@@ -238,16 +274,16 @@ class Replicator(Replication):
             self.catching_up = False
             self.in_sync = False  # nothing streams now: a write waits no more, the record decides
             self._wake_waiters()
-            if self.ctl.holds_verified_lock():
+            if self.host.holds_verified_lock():
                 try:
                     await self._drop_peer("replication session ended")
                 except NotDurable as exc:
                     log.error("%s", exc)
-            await asyncio.sleep(self.ctl.cfg.HeartbeatInterval / 1000)
+            await asyncio.sleep(self.cfg.HeartbeatInterval / 1000)
 
     async def _post(self, path: str, payload: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
-        payload = {"epoch": self.ctl.lock.record.epoch, "leader": self.ctl.name, **payload}
-        return await self.ctl.peer_client.post(path, payload, timeout=timeout or 5.0)
+        payload = {"epoch": self.host.lock.record.epoch, "leader": self.host.name, **payload}
+        return await self.host.post(path, payload, timeout or 5.0)
 
     def _has_change(self, lsn: int, epoch: int) -> bool | None:
         """Does our log hold the change (epoch, lsn)? None when the log no longer reaches it."""
@@ -263,7 +299,7 @@ class Replicator(Replication):
         return bool(found) and found[0].lsn == lsn and found[0].epoch == epoch
 
     async def _session(self) -> None:
-        if not self.ctl.peer_alive():
+        if not self.host.peer_alive():
             raise PeerError("peer not alive")
         hello = await self._post("/ha/repl/hello", {"last_lsn": self.store.last_lsn()})
         plsn, pepoch = int(hello["last_lsn"]), int(hello["last_epoch"])
@@ -279,7 +315,7 @@ class Replicator(Replication):
         self._acked(acked)
         self.catching_up = acked < self.store.last_lsn()
         if self.catching_up:
-            self.ctl.ops.console(f"REPL  catching up the peer from lsn {acked} to {self.store.last_lsn()}")
+            self.host.console(f"REPL  catching up the peer from lsn {acked} to {self.store.last_lsn()}")
         recorded = False  # the LockFile names the peer in sync
         while True:
             if recorded and not self.in_sync:
@@ -305,14 +341,14 @@ class Replicator(Replication):
                 if self.catching_up:  # tell the passive the catch-up is over (PassiveSync -> Passive now)
                     await self._post("/ha/repl/frames", {"changes": [], "catchup": False}, timeout=2.0)
                 self.catching_up = False
-                self.ctl.ops.console(f"REPL  peer in sync at lsn {self.acked_lsn}")
-                self.ctl.wake.set()
-            if not self.ctl.peer_alive():
+                self.host.console(f"REPL  peer in sync at lsn {self.acked_lsn}")
+                self.host.nudge()
+            if not self.host.peer_alive():
                 raise PeerError("peer dead")
             self.kick.clear()
             if self.store.last_lsn() == self.acked_lsn:
                 try:
-                    await asyncio.wait_for(self.kick.wait(), self.ctl.cfg.HeartbeatInterval / 1000)
+                    await asyncio.wait_for(self.kick.wait(), self.cfg.HeartbeatInterval / 1000)
                 except TimeoutError:
                     pass
 
@@ -320,18 +356,18 @@ class Replicator(Replication):
         """Name the peer in sync in the LockFile. While the write is under way a write
         the peer has not acked counts as if the record named it already (it soon may)."""
         async with self._record_lock:
-            if not self.ctl.holds_verified_lock():
+            if not self.host.holds_verified_lock():
                 raise Resync("no verified lock: the peer is not recorded in sync")
             self._recording = True
             # if this raises (a timeout), the write may still land on the LockFile thread:
             # `_recording` stays set until a drop (queued behind it) has written us alone
-            await self.ctl.lock.set_in_sync([self.ctl.name, peer], self.ctl.lock.record.epoch)
+            await self.host.lock.set_in_sync([self.host.name, peer], self.host.lock.record.epoch)
             self._recording = False
 
     async def _send_snapshot(self, diverged: bool) -> int:
         self.catching_up = True
         snap: bytes = await asyncio.to_thread(self.store.snapshot)
-        self.ctl.ops.console(f"REPL  sending a snapshot ({len(snap)} bytes){' to a diverged peer' if diverged else ''}")
+        self.host.console(f"REPL  sending a snapshot ({len(snap)} bytes){' to a diverged peer' if diverged else ''}")
         resp = await self._post("/ha/repl/snapshot", {"snapshot": base64.b64encode(snap).decode(),
                                                       "diverged": diverged}, timeout=60.0)
         if not resp.get("ok"):
@@ -340,33 +376,36 @@ class Replicator(Replication):
 
     # ---- passive side ----
     def routes(self) -> dict[tuple[str, str], Route]:
-        small, big, gate = self.ctl.cfg.HAMaxControlBytes, self.ctl.cfg.HAMaxBatchBytes, self.ctl.peer_gate
+        small, big, gate = self.cfg.HAMaxControlBytes, self.cfg.HAMaxBatchBytes, self.gate
         return {("POST", "/ha/repl/hello"): Route(self._h_hello, small, gate),
                 ("POST", "/ha/repl/frames"): Route(self._h_frames, big, gate),
                 ("POST", "/ha/repl/snapshot"): Route(self._h_snapshot, big, gate)}
 
     def _admit(self, req: Request) -> dict[str, Any] | Response:
-        d = self.ctl.frame_body(req)
+        d = frame_json(req)
         if isinstance(d, Response):
             return d
         epoch = d.get("epoch")
         if not isinstance(epoch, int):
             return Response.json({"ok": False, "error": "frame without an integer epoch"}, 400)
-        if self.ctl.state in HOLDING or self.ctl.lock.held:
-            return self.ctl.signed(req, {"ok": False, "error": f"{self.ctl.name} is {self.ctl.state}"}, 409)
-        if epoch < self.ctl.epoch:
+        if (refused := self.host.refuses_frames()) is not None:
+            return self._answer(req, {"ok": False, "error": refused}, 409)
+        if epoch < self.host.epoch:
             log.warning("replication: refused a frame of epoch %d from %s (we know epoch %d)",
-                        epoch, req.peer, self.ctl.epoch)
-            return self.ctl.signed(req, {"ok": False, "error": f"stale epoch {epoch} < {self.ctl.epoch}"}, 409)
-        self.ctl.epoch = epoch
+                        epoch, req.peer, self.host.epoch)
+            return self._answer(req, {"ok": False, "error": f"stale epoch {epoch} < {self.host.epoch}"}, 409)
+        self.host.learn_epoch(epoch)
         return d
+
+    def _answer(self, req: Request, data: dict[str, Any], status: int = 200) -> Response:
+        return answer(self.cfg.PairSecret, req, data, self.host.epoch, status)
 
     async def _h_hello(self, req: Request) -> Response:
         d = self._admit(req)
         if isinstance(d, Response):
             return d
         st = self.store
-        return self.ctl.signed(req, {"ok": True, "server": self.ctl.name, "last_lsn": st.last_lsn(),
+        return self._answer(req, {"ok": True, "server": self.host.name, "last_lsn": st.last_lsn(),
                                            "last_epoch": st.last_change_epoch()})
 
     async def _h_frames(self, req: Request) -> Response:
@@ -381,17 +420,17 @@ class Replicator(Replication):
             await asyncio.to_thread(self.store.apply, changes)
         except (ChangeRejected, KeyError) as exc:
             log.warning("replication: refused a frame from %s: %s", req.peer, exc)
-            return self.ctl.signed(req, {"ok": False, "error": str(exc), "last_lsn": self.store.last_lsn()})
+            return self._answer(req, {"ok": False, "error": str(exc), "last_lsn": self.store.last_lsn()})
         if d.get("catchup"):
             self.catchup_until = time.monotonic() + 1.0
         elif self.catchup_until:
             # the active says the catch-up is over; it recorded us in sync just before:
             # read that first, so we go PassiveSync -> Passive, not back to Waiting
             with contextlib.suppress(TimeoutError, OSError, TandemError):
-                await self.ctl.lock.read()
+                await self.host.lock.read()
             self.catchup_until = 0.0
-            self.ctl.wake.set()
-        return self.ctl.signed(req, {"ok": True, "acked_lsn": self.store.last_lsn()})
+            self.host.nudge()
+        return self._answer(req, {"ok": True, "acked_lsn": self.store.last_lsn()})
 
     async def _h_snapshot(self, req: Request) -> Response:
         d = self._admit(req)
@@ -400,12 +439,12 @@ class Replicator(Replication):
         try:
             snap = base64.b64decode(d["snapshot"], validate=True)
             if d.get("diverged"):
-                where = self.ctl.ops.set_aside_store()  # on the loop: nothing may read a closed store
-                self.ctl.ops.console(f"REPL  our copy diverged from the active's: kept aside in {where}")
+                where = self.host.set_aside_store()  # on the loop: nothing may read a closed store
+                self.host.console(f"REPL  our copy diverged from the active's: kept aside in {where}")
             await asyncio.to_thread(self.store.restore, snap)
         except (StoreError, KeyError, ValueError) as exc:
             log.warning("replication: refused a snapshot from %s: %s", req.peer, exc)
-            return self.ctl.signed(req, {"ok": False, "error": str(exc)})
+            return self._answer(req, {"ok": False, "error": str(exc)})
         self.catchup_until = time.monotonic() + 1.0
-        self.ctl.ops.console(f"REPL  snapshot restored at lsn {self.store.last_lsn()}")
-        return self.ctl.signed(req, {"ok": True, "acked_lsn": self.store.last_lsn()})
+        self.host.console(f"REPL  snapshot restored at lsn {self.store.last_lsn()}")
+        return self._answer(req, {"ok": True, "acked_lsn": self.store.last_lsn()})
