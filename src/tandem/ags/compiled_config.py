@@ -12,11 +12,13 @@ Projects whose document did not change since the previous configuration are
 reused as they are (with their balancer position and health marks), so a
 redeploy of one project among 5,000 costs little.
 
-Each project's policies are compiled here too, into its `chain`
+Each project's policies are validated with the shared schema
+(`tandem.model.policies`) and compiled here too, into its `chain`
 (`tandem.ags.policies`); `timeout` sets the project's upstream timeouts. A
-policy the gateway has no builder for (or refuses) makes its project answer
-every request with 501 `policy_not_supported`: the gateway fails closed.
-A project with an auth policy is rebuilt when the consumers change.
+policy the gateway has no builder for (or that the schema or its builder
+refuses) makes its project answer every request with 501
+`policy_not_supported`: the gateway fails closed. A project with an auth
+policy is rebuilt when the consumers change.
 """
 
 from __future__ import annotations
@@ -26,12 +28,15 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from pydantic import ValidationError
+
 from tandem.ags.balancer import Balancer, Target
 from tandem.ags.health import Check
 from tandem.ags.policies import Consumers, Services, compile_chain
 from tandem.ags.policies.chain import AUTH_KINDS
 from tandem.ags.router import Router, context_key, split_host
 from tandem.model.document import document_digest
+from tandem.model.policies import TimeoutPolicy
 
 log = logging.getLogger("tandem.ags")
 
@@ -162,10 +167,16 @@ class Project:
 
 
 def _timeouts(policy: dict[str, Any], connect: float, read: float) -> tuple[float, float]:
-    """Seconds from a `timeout` policy (tandem.ams.policies.TimeoutPolicy: `connect`, `read`)."""
-    c, r = policy.get("connect"), policy.get("read")
-    return (float(c) if isinstance(c, int | float) and c > 0 else connect,
-            float(r) if isinstance(r, int | float) and r > 0 else read)
+    """Seconds from a `timeout` policy (tandem.model.policies.TimeoutPolicy: `connect`, `read`). A field
+    the policy leaves out keeps the gateway's own timeout (ConnectTimeout/ReadTimeout), not the model's
+    default: a configuration from the AMS carries both. An invalid policy keeps both (`compile_chain`
+    refuses the project anyway)."""
+    try:
+        m = TimeoutPolicy.model_validate(policy)
+    except ValidationError:
+        return connect, read
+    given = m.model_fields_set
+    return (float(m.connect) if "connect" in given else connect, float(m.read) if "read" in given else read)
 
 
 class CompiledConfig:

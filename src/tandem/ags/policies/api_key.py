@@ -9,7 +9,7 @@ backend. The consumer goes upstream in `X-Consumer-Name`.
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import unquote_to_bytes
 
 from tandem.ags.policies.base import (
@@ -19,6 +19,7 @@ from tandem.ags.policies.base import (
     edit,
 )
 from tandem.ags.policies.chain import Context, builder
+from tandem.model.policies import ApiKeyPolicy
 
 if TYPE_CHECKING:
     from tandem.ags.exchange import Exchange
@@ -99,10 +100,9 @@ class ApiKeyStep(Step):
 
 
 @builder("api-key")
-def build(policy: dict[str, Any], ctx: Context) -> Step:
-    header = str(policy.get("header") or "X-API-Key").encode("latin-1")
-    qp = policy.get("query_param")
-    return ApiKeyStep(header, qp.encode() if qp else None, bool(policy.get("hide_credentials", True)),
+def build(policy: ApiKeyPolicy, ctx: Context) -> Step:
+    qp = policy.query_param
+    return ApiKeyStep(policy.header.encode("latin-1"), qp.encode() if qp else None, policy.hide_credentials,
                       ctx.consumers.by_key_hash)
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from tandem.ags.policies.api_key import identified
 from tandem.ags.policies.base import Answer, Step, drop_upstream_header, request_header
 from tandem.ags.policies.chain import Context, builder
+from tandem.model.policies import BasicAuthPolicy
 from tandem.passwords import verify_password
 
 if TYPE_CHECKING:
@@ -121,7 +122,6 @@ class BasicAuthStep(Step):
 
 
 @builder("basic-auth")
-def build(policy: dict[str, Any], ctx: Context) -> Step:
+def build(policy: BasicAuthPolicy, ctx: Context) -> Step:
     cache = ctx.services.state("basic-auth-verdicts", VerdictCache)
-    return BasicAuthStep(str(policy.get("realm") or "tandem"), bool(policy.get("hide_credentials", True)),
-                         ctx.consumers.basic, cache)
+    return BasicAuthStep(policy.realm, policy.hide_credentials, ctx.consumers.basic, cache)

@@ -41,10 +41,12 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from tandem.ags.policies.base import Answer, Step, add_response_header, request_headers
 from tandem.ags.policies.chain import Context, builder, split_lines
+from tandem.model.policies import CachePolicy
 
 if TYPE_CHECKING:
     from tandem.ags.exchange import Exchange
@@ -140,19 +142,17 @@ class CacheConf:
     __slots__ = ("ttl", "methods", "status_codes", "vary", "vary_set", "max_body_bytes", "max_entries",
                  "max_bytes")
 
-    def __init__(self, policy: dict[str, Any]) -> None:
-        ttl = policy.get("ttl")
-        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0:
-            raise ValueError(f"ttl must be a number of seconds > 0, got {ttl!r}")
-        self.ttl = float(ttl)
-        self.methods = frozenset(str(m).upper().encode() for m in policy.get("methods") or ["GET", "HEAD"])
-        self.status_codes = frozenset(int(s) for s in policy.get("status_codes") or [200])
-        self.vary = [str(v).lower().encode("latin-1") for v in policy.get("vary") or []]
+    def __init__(self, policy: CachePolicy | Mapping[str, Any]) -> None:
+        """From the validated policy (a document, with or without its `type`, is validated first)."""
+        if not isinstance(policy, CachePolicy):
+            policy = CachePolicy.model_validate({"type": "cache", **policy})
+        self.ttl = float(policy.ttl)
+        self.methods = frozenset(m.encode() for m in policy.methods)
+        self.status_codes = frozenset(policy.status_codes)
+        self.vary = [v.lower().encode("latin-1") for v in policy.vary]
         self.vary_set = frozenset(self.vary)
-        self.max_body_bytes = int(policy.get("max_body_bytes") or 1_048_576)
-        self.max_entries = int(policy.get("max_entries") or 10_000)
-        if self.max_body_bytes < 1 or self.max_entries < 1:
-            raise ValueError("max_body_bytes and max_entries must be >= 1")
+        self.max_body_bytes = policy.max_body_bytes
+        self.max_entries = policy.max_entries
         self.max_bytes = min(self.max_entries * self.max_body_bytes, MAX_BYTES)
 
 
@@ -324,14 +324,16 @@ class CacheStep(Step):
         fill.chunks, fill.size = [], 0  # (a response dropped for a retry may have fed some bytes)
 
 
-def _signature(policy: dict[str, Any], ctx: Context) -> str:
-    return json.dumps([policy, ctx.project.get("targets"), ctx.other("response-headers")], sort_keys=True)
+def _signature(ctx: Context) -> str:
+    """What the entries depend on: this policy's document, the targets, the response-headers policy."""
+    return json.dumps([ctx.policies[ctx.index], ctx.project.get("targets"), ctx.other("response-headers")],
+                      sort_keys=True)
 
 
 @builder("cache")
-def build(policy: dict[str, Any], ctx: Context) -> Step:
+def build(policy: CachePolicy, ctx: Context) -> Step:
     conf = CacheConf(policy)
-    signature = _signature(policy, ctx)
+    signature = _signature(ctx)
     # one store per project name and process: a changed policy (or targets) empties it rather than
     # leaving the old one behind in Services for the life of the process
     store: Store = ctx.services.state(("cache", ctx.project["name"]), lambda: Store(signature))

@@ -1,8 +1,10 @@
 """A project's compiled policies, and running them for one request.
 
 `compile_chain(raw_project, consumers, services)` is called when a
-configuration is applied. It builds one `Step` per policy through the
-builder each policy module registers (`BUILDERS`), sorted by phase:
+configuration is applied. It validates each policy with the shared schema
+(`tandem.model.policies`, the models the AMS validates with) and builds one
+`Step` per policy from the validated model through the builder each policy
+module registers (`BUILDERS`), sorted by phase:
 
     cors (preflight) -> ip-filter -> auth (api-key, basic-auth, jwt)
       -> rate-limit -> quota -> request-headers -> cache lookup
@@ -20,14 +22,17 @@ a rate limit.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import ValidationError
 
 from tandem.ags.policies.base import Answer, RequestEdit, Step
-from tandem.ams.policies import AUTH_TYPES
+from tandem.model.policies import AUTH_TYPES, POLICY_MODELS_BY_TYPE, PolicyModel, describe_errors
 
 if TYPE_CHECKING:
     from tandem.ags.exchange import Exchange
@@ -36,7 +41,7 @@ log = logging.getLogger("tandem.ags.policies")
 
 PHASES = {"cors": 10, "ip-filter": 20, "api-key": 30, "basic-auth": 31, "jwt": 32, "rate-limit": 40,
           "quota": 50, "request-headers": 60, "cache": 70}
-AUTH_KINDS = AUTH_TYPES  # (the AMS's list: a by-consumer limit needs one of these)
+AUTH_KINDS = AUTH_TYPES  # (the schema's list: a by-consumer limit needs one of these)
 # policy types the chain itself or the project handles without a request step
 NO_STEP = frozenset({"timeout", "retry", "response-headers"})
 
@@ -99,13 +104,26 @@ class Services:
 
 
 class Context:
-    """What a builder gets besides its own policy document."""
+    """What a builder gets besides its own validated policy.
 
-    __slots__ = ("project", "policies", "consumers", "services", "index")
+    `policies` are the project's policy documents as the configuration has them
+    (what `key` names counters by); `models` the validated models of the policies
+    before this one and of this one (`compile_chain` fills it as it goes; for a
+    Context made by hand they are validated on first use)."""
 
-    def __init__(self, project: dict[str, Any], consumers: Consumers, services: Services, index: int) -> None:
+    __slots__ = ("project", "policies", "consumers", "services", "index", "_models")
+
+    def __init__(self, project: dict[str, Any], consumers: Consumers, services: Services, index: int,
+                 models: list[PolicyModel] | None = None) -> None:
         self.project, self.consumers, self.services, self.index = project, consumers, services, index
         self.policies: list[dict[str, Any]] = project.get("policies") or []
+        self._models = models
+
+    @property
+    def models(self) -> list[PolicyModel]:
+        if self._models is None:
+            self._models = [validate(p) for p in self.policies[:self.index + 1]]
+        return self._models
 
     def other(self, kind: str) -> dict[str, Any] | None:
         """This project's policy of type `kind`, if it has one."""
@@ -124,14 +142,37 @@ class Context:
         return (self.project["name"], json.dumps(policy, sort_keys=True), *more)
 
 
-Builder = Callable[[dict[str, Any], Context], Step]
+def validate(policy: Mapping[str, Any] | PolicyModel) -> PolicyModel:
+    """The validated model of one policy document (raises pydantic.ValidationError, a ValueError)."""
+    if isinstance(policy, PolicyModel):
+        return policy
+    model = POLICY_MODELS_BY_TYPE.get(str(policy.get("type")))
+    if model is None:
+        raise ValueError(f"unknown policy type {policy.get('type')!r}")
+    return model.model_validate(policy)
+
+
+Builder = Callable[[Any, Context], Step]  # (the validated model of its type, the context) -> step
 BUILDERS: dict[str, Builder] = {}
+P = TypeVar("P", bound=PolicyModel)
 
 
-def builder(kind: str) -> Callable[[Builder], Builder]:
-    def register(fn: Builder) -> Builder:
+def builder(kind: str) -> Callable[[Callable[[P, Context], Step]], Callable[[P | Mapping[str, Any], Context], Step]]:
+    """Register the builder of policy type `kind` (a type of the schema). `compile_chain` calls it with
+    the validated model; the function returned also takes a policy document, validated first."""
+    if kind not in POLICY_MODELS_BY_TYPE:
+        raise ValueError(f"{kind!r} is not a policy type of tandem.model.policies")
+
+    def register(fn: Callable[[P, Context], Step]) -> Callable[[P | Mapping[str, Any], Context], Step]:
         BUILDERS[kind] = fn
-        return fn
+
+        @functools.wraps(fn)
+        def build(policy: P | Mapping[str, Any], ctx: Context) -> Step:
+            model = validate(policy)
+            if model.type != kind:  # type: ignore[attr-defined]
+                raise ValueError(f"a {kind!r} builder got a {model.type!r} policy")  # type: ignore[attr-defined]
+            return fn(model, ctx)  # type: ignore[arg-type]
+        return build
     return register
 
 
@@ -242,23 +283,32 @@ def edit_response(edit: RequestEdit, parts: list[bytes]) -> list[bytes]:
 def compile_chain(project: dict[str, Any], consumers: Consumers, services: Services) -> tuple[Chain | None, str | None]:
     """(chain or None when the project has no per-request policy, refusal reason or None).
 
-    A policy this gateway has no builder for, or whose parameters its builder
-    refuses, makes the project refuse requests (501 `policy_not_supported`):
-    an API meant to be protected is never served open."""
+    Each policy is validated with its model of `tandem.model.policies` here, once
+    per configuration, and its builder gets the model. A policy this gateway has
+    no builder for, one the schema refuses, or one whose builder refuses it makes
+    the project refuse requests (501 `policy_not_supported`): an API meant to be
+    protected is never served open."""
     policies = project.get("policies") or []
     steps: list[tuple[int, Step]] = []
     resp_edit = cache = retry = None
     kinds: list[str] = []
+    models: list[PolicyModel] = []
     for i, policy in enumerate(policies):
         kind = policy.get("type")
         kinds.append(str(kind))
-        if kind == "timeout":
-            continue
         fn = BUILDERS.get(str(kind))
-        if fn is None:
+        if fn is None and kind != "timeout":
             return None, f"this API has a {kind!r} policy, which this gateway cannot enforce"
         try:
-            step = fn(policy, Context(project, consumers, services, i))
+            models.append(validate(policy))
+        except ValidationError as exc:
+            reason = describe_errors(exc)
+            log.error("project %r: policy %r refused: %s", project.get("name"), kind, reason)
+            return None, f"this API's {kind!r} policy is invalid: {reason}"
+        if fn is None:  # timeout: the project's upstream timeouts (compiled_config.Project)
+            continue
+        try:
+            step = fn(models[i], Context(project, consumers, services, i, models))
         except (ValueError, TypeError, KeyError) as exc:
             log.error("project %r: policy %r refused: %s", project.get("name"), kind, exc)
             return None, f"this API's {kind!r} policy is invalid: {exc}"

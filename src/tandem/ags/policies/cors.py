@@ -13,10 +13,11 @@ nothing). An empty `allow_headers` reflects what the preflight asks for.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tandem.ags.policies.base import Answer, Step, add_response_header, request_header
 from tandem.ags.policies.chain import Context, builder
+from tandem.model.policies import CORS_DEFAULT_METHODS, CorsPolicy
 
 if TYPE_CHECKING:
     from tandem.ags.exchange import Exchange
@@ -25,22 +26,22 @@ if TYPE_CHECKING:
 class CorsStep(Step):
     kind = "cors"
 
-    def __init__(self, policy: dict[str, Any]) -> None:
-        origins = policy.get("allow_origins") or ["*"]
+    def __init__(self, policy: CorsPolicy) -> None:
+        origins = policy.allow_origins
         self.any_origin = "*" in origins
         self.origins = frozenset(o.rstrip("/").lower().encode() for o in origins if o != "*")
-        methods = policy.get("allow_methods") or ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+        methods = policy.allow_methods or CORS_DEFAULT_METHODS  # (an empty list has always meant the default)
         self.methods = frozenset(m.encode() for m in methods)
         self.methods_line = b"Access-Control-Allow-Methods: " + ", ".join(methods).encode() + b"\r\n"
-        allow_headers = policy.get("allow_headers") or []
+        allow_headers = policy.allow_headers
         self.allow_headers = frozenset(h.lower().encode() for h in allow_headers)
         self.headers_line = (b"Access-Control-Allow-Headers: " + ", ".join(allow_headers).encode() + b"\r\n"
                              if allow_headers else None)
-        expose = policy.get("expose_headers") or []
+        expose = policy.expose_headers
         self.expose_line = (b"Access-Control-Expose-Headers: " + ", ".join(expose).encode() + b"\r\n"
                             if expose else None)
-        self.credentials = bool(policy.get("allow_credentials", False))
-        self.max_age_line = b"Access-Control-Max-Age: %d\r\n" % int(policy.get("max_age", 600))
+        self.credentials = policy.allow_credentials
+        self.max_age_line = b"Access-Control-Max-Age: %d\r\n" % policy.max_age
 
     def allow_origin_lines(self, origin: bytes) -> list[bytes] | None:
         if not self.any_origin and origin.rstrip(b"/").lower() not in self.origins:
@@ -87,5 +88,5 @@ class CorsStep(Step):
 
 
 @builder("cors")
-def build(policy: dict[str, Any], ctx: Context) -> Step:
+def build(policy: CorsPolicy, ctx: Context) -> Step:
     return CorsStep(policy)

@@ -12,10 +12,11 @@ resolved address is left in `ex.client_ip` for the steps after this one
 from __future__ import annotations
 
 import ipaddress
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tandem.ags.policies.base import Answer, Step, request_headers
 from tandem.ags.policies.chain import Context, builder
+from tandem.model.policies import IpFilterPolicy
 
 if TYPE_CHECKING:
     from tandem.ags.exchange import Exchange
@@ -95,6 +96,5 @@ class IpFilterStep(Step):
 
 
 @builder("ip-filter")
-def build(policy: dict[str, Any], ctx: Context) -> Step:
-    return IpFilterStep(networks(policy.get("allow") or []), networks(policy.get("deny") or []),
-                        networks(policy.get("trusted_proxies") or []))
+def build(policy: IpFilterPolicy, ctx: Context) -> Step:
+    return IpFilterStep(networks(policy.allow), networks(policy.deny), networks(policy.trusted_proxies))

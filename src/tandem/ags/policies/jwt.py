@@ -48,13 +48,14 @@ from jwt.exceptions import InvalidTokenError, PyJWTError
 from tandem.ags.policies.api_key import identified
 from tandem.ags.policies.base import Answer, Step, drop_upstream_header, request_header
 from tandem.ags.policies.chain import Context, builder
+from tandem.model.policies import JWT_ALGORITHMS, JwtPolicy
 
 if TYPE_CHECKING:
     from tandem.ags.exchange import Exchange
 
 log = logging.getLogger("tandem.ags.policies.jwt")
 
-ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384")
+ALGORITHMS = JWT_ALGORITHMS  # the schema's: what a policy's `algorithms` may name
 _ALGS: dict[str, Algorithm] = {name: alg for name, alg in get_default_algorithms().items() if name in ALGORITHMS}
 # the algorithms a JWKS key without `alg` may serve, by kty (EC: by crv)
 _JWK_ALGS = {"RSA": frozenset({"RS256", "RS384", "RS512"}), "oct": frozenset({"HS256", "HS384", "HS512"}),
@@ -382,33 +383,16 @@ def prepare_credential(cred: dict[str, Any]) -> tuple[str, Any]:
 
 
 @builder("jwt")
-def build(policy: dict[str, Any], ctx: Context) -> Step:
-    header = policy.get("header") or "Authorization"
-    if not isinstance(header, str):
-        raise ValueError("header must be a string")
-    algorithms = policy.get("algorithms") or ["HS256", "RS256"]
-    unknown = [a for a in algorithms if a not in _ALGS]
-    if unknown:
-        raise ValueError(f"algorithms {unknown} are not supported (supported: {', '.join(ALGORITHMS)})")
-    key_claim = policy.get("key_claim") or "iss"
-    required = policy.get("required_claims")
-    required = ["exp"] if required is None else required
-    leeway = policy.get("leeway")
-    leeway = 0 if leeway is None else leeway
-    cache_s = policy.get("jwks_cache_seconds")
-    cache_s = 300 if cache_s is None else cache_s
-    if not isinstance(key_claim, str) or not all(isinstance(c, str) for c in required):
-        raise ValueError("key_claim and required_claims must be strings")
-    if not _number(leeway) or leeway < 0 or not _number(cache_s) or cache_s <= 0:
-        raise ValueError("leeway must be >= 0 and jwks_cache_seconds > 0")
-    allowed = frozenset(algorithms)
-    jwks_url = policy.get("jwks_url")
+def build(policy: JwtPolicy, ctx: Context) -> Step:
+    unknown = [a for a in policy.algorithms if a not in _ALGS]
+    if unknown:  # (the schema's algorithms are PyJWT's: only a PyJWT without them gets here)
+        raise ValueError(f"algorithms {unknown} are not supported by this gateway")
+    allowed = frozenset(policy.algorithms)
+    jwks_url = policy.jwks_url
     jwks: Jwks | None = None
     creds: dict[str, tuple[str, str, Any]] = {}
     consumer_of: dict[str, str] = {}
     if jwks_url:
-        if not isinstance(jwks_url, str) or not jwks_url.startswith(("http://", "https://")):
-            raise ValueError(f"jwks_url must be an http(s) URL, not {jwks_url!r}")
         jwks = ctx.services.state(("jwt-jwks", jwks_url), lambda: Jwks(jwks_url))
         consumer_of = {key: consumer for key, (consumer, _) in ctx.consumers.jwt.items()}
     else:
@@ -421,9 +405,9 @@ def build(policy: dict[str, Any], ctx: Context) -> Step:
                 continue
             if alg in allowed:
                 creds[key] = (consumer, alg, prepared)
-    return JwtStep(header.encode("latin-1"), allowed, key_claim, policy.get("issuer"), policy.get("audience"),
-                   tuple(required), float(leeway), bool(policy.get("hide_credentials", False)), creds,
-                   consumer_of, jwks, float(cache_s))
+    return JwtStep(policy.header.encode("latin-1"), allowed, policy.key_claim, policy.issuer, policy.audience,
+                   tuple(policy.required_claims), float(policy.leeway), policy.hide_credentials, creds,
+                   consumer_of, jwks, float(policy.jwks_cache_seconds))
 
 
 __all__ = ["JwtStep", "Jwks", "parse", "parse_jwks", "prepare_credential"]

@@ -25,11 +25,12 @@ from __future__ import annotations
 
 from math import ceil
 from time import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tandem.ags.policies.base import Answer, Step, add_response_header
 from tandem.ags.policies.chain import Context, Services, builder
-from tandem.ags.quota_book import ALLOWED, EXCEEDED, PERIODS, Result
+from tandem.ags.quota_book import ALLOWED, EXCEEDED, Result
+from tandem.model.policies import QuotaPolicy
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
@@ -77,22 +78,13 @@ class QuotaStep(Step):
 
 
 @builder("quota")
-def build(policy: dict[str, Any], ctx: Context) -> Step:
-    limit = policy.get("limit")
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ValueError(f"limit: expected an integer >= 1, got {limit!r}")
-    period = policy.get("period") or "day"
-    if period not in PERIODS:
-        raise ValueError(f"period: expected one of {', '.join(PERIODS)}, got {period!r}")
-    by = policy.get("by") or "consumer"
-    if by not in ("consumer", "ip"):
-        raise ValueError(f"by: expected 'consumer' or 'ip', got {by!r}")
+def build(policy: QuotaPolicy, ctx: Context) -> Step:
+    by, period = policy.by, policy.period
     identity = f"{by}.{period}"
-    rank = sum(1 for p in ctx.policies[:ctx.index]
-               if p.get("type") == "quota" and (p.get("by") or "consumer") == by and (p.get("period") or "day") == period)
+    rank = sum(1 for p in ctx.models[:ctx.index] if isinstance(p, QuotaPolicy) and p.by == by and p.period == period)
     if rank:
         identity += f"#{rank}"
-    return QuotaStep(ctx.services, str(ctx.project["name"]), identity, period, by == "consumer", limit)
+    return QuotaStep(ctx.services, str(ctx.project["name"]), identity, period, by == "consumer", policy.limit)
 
 
 __all__ = ["QuotaStep", "UNAVAILABLE"]

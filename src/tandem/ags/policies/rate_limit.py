@@ -42,14 +42,11 @@ from tandem.ags.policies.base import Answer, Step, add_response_header
 from tandem.ags.policies.chain import Context, builder
 from tandem.ags.policies.node_counts import SharedWindow
 from tandem.ags.policies.redis_counter import RedisCounter, RedisUnavailable, parse_url
+from tandem.model.policies import UNIT_SECONDS, RateLimitPolicy
 
 if TYPE_CHECKING:
     from tandem.ags.exchange import Exchange
 
-UNITS = {"second": 1, "minute": 60, "hour": 3600}
-BY = ("ip", "consumer")
-SCOPES = ("node", "cluster")
-FAILS = ("open", "closed", "local")
 EXPIRE_SLACK_MS = 1000  # a Redis key outlives its window a little: gateways' clocks differ slightly
 
 
@@ -195,51 +192,26 @@ def _describe(length: int) -> str:
     return f"{length} seconds" if length > 1 else "second"
 
 
-def _choice(policy: dict[str, Any], key: str, allowed: tuple[str, ...] | dict[str, int], default: str) -> str:
-    value = policy.get(key)
-    if value is None:
-        return default
-    if value not in allowed:
-        raise ValueError(f"{key}: expected one of {', '.join(allowed)}, got {value!r}")
-    return str(value)
-
-
-def _positive_int(policy: dict[str, Any], key: str, default: int | None) -> int:
-    value = policy.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{key}: expected an integer >= 1, got {value!r}")
-    return value
-
-
 @builder("rate-limit")
-def build(policy: dict[str, Any], ctx: Context) -> Step:
-    limit = _positive_int(policy, "limit", None)
-    window = _positive_int(policy, "window", 1)
-    length = window * UNITS[_choice(policy, "unit", UNITS, "second")]
-    by = _choice(policy, "by", BY, "ip")
-    scope = _choice(policy, "scope", SCOPES, "node")
-    fail = _choice(policy, "fail", FAILS, "local")
-    headers = policy.get("headers", True)
-    if not isinstance(headers, bool):
-        raise ValueError(f"headers: expected true or false, got {headers!r}")
+def build(policy: RateLimitPolicy, ctx: Context) -> Step:
+    limit, by, scope, fail, headers = policy.limit, policy.by, policy.scope, policy.fail, policy.headers
+    length = policy.window * UNIT_SECONDS[policy.unit]
+    timeout = float(policy.redis_timeout)
     node: WindowCounts = ctx.services.state(ctx.key("rate-limit", scope), WindowCounts)
     table = ctx.services.node_table
     shared = None if table is None else ctx.services.state(ctx.key("rate-limit", scope, "shared"),
                                                            lambda: SharedWindow(table, ctx.key("rate-limit", scope)))
     if scope == "node":
-        return RateLimitStep(limit, length, by, headers, node, shared=shared)
-    url = policy.get("redis_url")
-    if not isinstance(url, str) or not url:
+        return RateLimitStep(limit, length, by, headers, node, fail=fail, timeout=timeout, shared=shared)
+    url = policy.redis_url
+    if not url:  # (the schema requires it with scope "cluster")
         raise ValueError("redis_url: required with scope 'cluster' (e.g. redis://127.0.0.1:6379/0)")
-    timeout = policy.get("redis_timeout", 0.1)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 10:
-        raise ValueError(f"redis_timeout: expected seconds in (0, 10], got {timeout!r}")
     parse_url(url)  # raises ValueError naming a bad url before anything is shared
     redis = ctx.services.state(("tandem.ags.policies.redis", url), lambda: RedisCounter(url, ctx.services.loop))
     # the counting parameters name the counters, so every gateway with this policy shares them
     digest = hashlib.sha256(json.dumps([limit, length, by]).encode()).hexdigest()[:16]
     prefix = f"tandem:rl:{ctx.project['name']}:{digest}:".encode()
-    return RateLimitStep(limit, length, by, headers, node, redis, fail, float(timeout), prefix, shared)
+    return RateLimitStep(limit, length, by, headers, node, redis, fail, timeout, prefix, shared)
 
 
 __all__ = ["RateLimitStep", "WindowCounts", "window_of"]

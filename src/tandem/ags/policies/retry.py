@@ -12,10 +12,11 @@ seconds first; `attempts` counts the retries, not the first try.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tandem.ags.policies.base import Step
 from tandem.ags.policies.chain import Context, builder
+from tandem.model.policies import RETRY_DEFAULT_METHODS, RETRY_DEFAULT_STATUS, RetryPolicy
 
 if TYPE_CHECKING:
     from tandem.ags.exchange import Exchange
@@ -44,9 +45,8 @@ class RetryStep(Step):
 
 
 @builder("retry")
-def build(policy: dict[str, Any], ctx: Context) -> Step:
-    methods = policy.get("methods") or ["GET", "HEAD", "PUT", "DELETE", "OPTIONS"]
-    if any(m in ("POST", "PATCH", "CONNECT") for m in methods):
-        raise ValueError("retry applies to idempotent methods only (not POST, PATCH or CONNECT)")
-    return RetryStep(int(policy.get("attempts", 2)), float(policy.get("backoff", 0.05)),
-                     frozenset(policy.get("on_status") or [502, 503, 504]), frozenset(m.encode() for m in methods))
+def build(policy: RetryPolicy, ctx: Context) -> Step:
+    # (the schema allows idempotent methods only; an empty list has always meant the default one)
+    methods = policy.methods or RETRY_DEFAULT_METHODS
+    return RetryStep(policy.attempts, float(policy.backoff), frozenset(policy.on_status or RETRY_DEFAULT_STATUS),
+                     frozenset(m.encode() for m in methods))
