@@ -21,8 +21,11 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tandem.config import init_home, load_profile
-from tandem.testing import Home, Server, Watcher, fresh_ports, port_open, wait_for
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.support
+
+from tests.support.harness import Home, Server, Watcher, fresh_ports, port_open, wait_for  # noqa: E402
+
+from tandem.config import init_home, load_profile  # noqa: E402
 
 PAIR = "haprofile_shared"
 

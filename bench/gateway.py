@@ -44,8 +44,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))  # tests.support
 
-from tandem.ags.testkit import free_port, make_document, project, stop_process, wait_until  # noqa: E402
+from tests.support.ags import make_document, project  # noqa: E402
+from tests.support.harness import free_port, stop_process, wait_for  # noqa: E402
 
 BODY = '{"ok":true,"service":"bench-backend","note":"a fixed body of about ninety bytes, padded.."}'
 NGINX_COMMON = """daemon off; pid {dir}/nginx.pid; error_log {dir}/error.log;
@@ -117,8 +119,8 @@ class Floor:
         self.port = free_port()
         self.proc = subprocess.Popen(["taskset", "-c", cpuset, sys.executable, "-c", FLOOR, str(self.port),
                                       str(backend)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: subprocess.run(["curl", "-sf", f"http://127.0.0.1:{self.port}/"],
-                                          capture_output=True).returncode == 0, 10, "floor proxy")
+        wait_for(lambda: subprocess.run(["curl", "-sf", f"http://127.0.0.1:{self.port}/"],
+                                        capture_output=True).returncode == 0, 10, "floor proxy")
 
     def stop(self) -> None:
         stop_process(self.proc)
@@ -198,8 +200,8 @@ class Tandem:
                                      env=env)
         import httpx
 
-        wait_until(lambda: httpx.get(f"http://127.0.0.1:{ha}/ha/active", timeout=2).status_code == 200, 30,
-                   f"Tandem gateway {name}")
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{ha}/ha/active", timeout=2).status_code == 200, 30,
+                 f"Tandem gateway {name}")
 
     def stop(self) -> None:
         stop_process(self.proc)
@@ -301,8 +303,8 @@ def main() -> int:
         backend = Nginx(work, "backend", 1, BACKEND.format(port=bport, body=BODY), "0")
         procs: list[Any] = [backend]
         try:
-            wait_until(lambda: subprocess.run(["curl", "-sf", f"http://127.0.0.1:{bport}/"],
-                                              capture_output=True).returncode == 0, 10, "nginx backend")
+            wait_for(lambda: subprocess.run(["curl", "-sf", f"http://127.0.0.1:{bport}/"],
+                                            capture_output=True).returncode == 0, 10, "nginx backend")
             path = "/api7/items/42"
 
             def compare(label: str, tandem: Tandem | Floor, nginx: Nginx, nginx_port: int, wrk_cpus: str) -> None:
@@ -422,8 +424,8 @@ def ab(args: argparse.Namespace) -> int:
         procs: list[Any] = [Nginx(work, "backend", 1, BACKEND.format(port=bport, body=BODY), "0")]
         path = "/api7/items/42"
         try:
-            wait_until(lambda: subprocess.run(["curl", "-sf", f"http://127.0.0.1:{bport}/"],
-                                              capture_output=True).returncode == 0, 10, "nginx backend")
+            wait_for(lambda: subprocess.run(["curl", "-sf", f"http://127.0.0.1:{bport}/"],
+                                            capture_output=True).returncode == 0, 10, "nginx backend")
             for scenario in ("one", "one-log", "keyauth"):
                 if scenario not in only:
                     continue

@@ -44,8 +44,11 @@ from typing import Any
 
 import httpx
 
-from tandem.config import init_home, set_profile_values
-from tandem.testing import Home, Server, fresh_ports, http_get, wait_for
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.support
+
+from tests.support.harness import Home, Server, fresh_ports, http_get, wait_for  # noqa: E402
+
+from tandem.config import init_home, set_profile_values  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from failover import pct, write_section  # noqa: E402

@@ -51,7 +51,6 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -60,16 +59,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support.harness import (
+    Home,
+    echo_cmd,
+    free_port,
+    fresh_ports,
+    http_get,
+    run_cli,
+    stop_process,
+    tandem_cmd,
+)
+
 from tandem.ags.gateway_service import KEY as CONFIG_KEY
 from tandem.ags.gateway_service import NS as NS_GATEWAY
 from tandem.ags.quota_book import NS as NS_QUOTA
 from tandem.ags.quota_book import period_window
-from tandem.ags.testkit import stop_process
 from tandem.ams.app_state import NS_CONSUMERS
 from tandem.config import configure_ha, init_home, load_profile, set_profile_values
 from tandem.server.pidlock import running_pid
 from tandem.store import SQLITE_FILENAME
-from tandem.testing import Home, free_port, fresh_ports, http_get, run_cli, tandem_cmd
 
 PREFIX = "tdf"
 STALE_NS = re.compile(rf"^{PREFIX}(\d+)x")
@@ -939,9 +947,8 @@ class AgsLoad(Load):
         topo.host_route(backend_host)
         port = free_port()
         with open(self.echo_log, "wb") as out:
-            self.echo = subprocess.Popen([sys.executable, "-m", "tandem.ags.echo", "--host", "0.0.0.0",
-                                          "--port", str(port), "--name", "faults"],
-                                         stdout=out, stderr=subprocess.STDOUT)
+            self.echo = subprocess.Popen(echo_cmd(port, "faults", host="0.0.0.0"), stdout=out,
+                                         stderr=subprocess.STDOUT)
         if not _wait(lambda: _connects(backend_host, port), 15):
             raise RuntimeError(f"echo backend did not listen on {backend_host}:{port}")
         set_profile_values(pair.home_path, self.ams.name, ["server.ClientAddress=0.0.0.0"])

@@ -13,10 +13,12 @@ from typing import Any
 import httpx
 import pytest
 import uvloop
+from tests.support.ags import FeedServer, make_document, project, send_and_read
+from tests.support.echo import EchoServer
+from tests.support.harness import free_port
+from tests.support.host import HostStandIn
 
-from tandem.ags.echo import EchoServer
 from tandem.ags.gateway_service import KEY, NS, GatewayService
-from tandem.ags.testkit import AgsStandIn, FeedServer, free_port, make_document, project, send_and_read
 from tandem.store import Op
 
 
@@ -39,7 +41,7 @@ class Env:
     def __init__(self, tmp: Path, echo_url: str, primary: str = "", backups: str = "", workers: int = 1,
                  token: str = "") -> None:
         self.port = free_port()
-        self.server = AgsStandIn.create(tmp / "ags", self.port, primary, backups, workers=workers, token=token)
+        self.server = HostStandIn.for_ags(tmp / "ags", self.port, primary, backups, workers=workers, token=token)
         self.server.open_store()
         self.echo_url = echo_url
         self.service: GatewayService | None = None
@@ -168,7 +170,7 @@ def test_a_failing_source_is_left_for_the_next(tmp_path: Path) -> None:
 
 
 def test_real_ams_deploy_and_undeploy(tmp_path: Path) -> None:
-    from tandem.ams.testkit import InProcessAms
+    from tests.support.ams import InProcessAms
 
     with InProcessAms(tmp_path / "ams") as ams, ams.serve() as url:
         async def t(env: Env, echo: EchoServer) -> None:

@@ -7,13 +7,13 @@ import json
 from typing import Any
 
 import pytest
+from tests.support.ags import make_document, project, run_gateway, send_and_read
+from tests.support.echo import EchoServer
 
 from tandem.ags.balancer import Target
 from tandem.ags.compiled_config import ConfigRejected, validate_document
-from tandem.ags.echo import EchoServer
 from tandem.ags.gateway import Gateway
 from tandem.ags.health import Check, HealthState, record
-from tandem.ags.testkit import make_document, project, run_gateway, send_and_read
 
 
 class Switchable:

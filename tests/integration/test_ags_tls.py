@@ -14,12 +14,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from tests.support.ags import make_document, project, send_and_read
+from tests.support.echo import EchoProtocol, EchoServer
 
 from tandem.ags.compiled_config import validate_document
-from tandem.ags.echo import EchoProtocol, EchoServer
 from tandem.ags.gateway import Gateway
 from tandem.ags.settings import GatewaySettings
-from tandem.ags.testkit import make_document, project, send_and_read
 from tandem.net.sockets import listen_socket
 
 

@@ -16,8 +16,7 @@ from typing import Any
 
 import pytest
 from openapi_spec_validator import validate
-
-from tandem.ams.testkit import InProcessAms
+from tests.support.ams import InProcessAms
 
 PROJECT: dict[str, Any] = {
     "name": "petstore",
@@ -370,7 +369,7 @@ def test_a_new_active_restores_the_token_file_from_the_environment(tmp_path: Pat
     """Replicated pair: the hash arrives by replication, the file never did; with
     TANDEM_ADMIN_TOKEN set on both halves the new active writes it. A different env token
     never replaces the store's."""
-    from tandem.ams import bootstrap
+    from tandem.ams.app import bootstrap
 
     monkeypatch.setenv("TANDEM_ADMIN_TOKEN", "pair-token-0123456789abcdefghijkl")
     with InProcessAms(tmp_path / "a") as ams:

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support.ams import InProcessAms
 
 from tandem.ams.services import deployments as deployments_module
-from tandem.ams.testkit import InProcessAms
 from tandem.model.document import verify_document
 from tandem.store import Op
 

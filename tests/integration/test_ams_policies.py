@@ -16,11 +16,11 @@ from typing import Any
 import httpx
 import pytest
 import uvloop
-
-from tandem.ags.echo import EchoServer
-from tandem.ags.testkit import AgsStandIn, send_and_read
-from tandem.ams.testkit import InProcessAms
-from tandem.testing import free_port
+from tests.support.ags import send_and_read
+from tests.support.ams import InProcessAms
+from tests.support.echo import EchoServer
+from tests.support.harness import free_port
+from tests.support.host import HostStandIn
 
 BASE: dict[str, Any] = {"name": "pets", "version": "1", "context_path": "/pets",
                         "targets": [{"url": "http://127.0.0.1:9000/v1", "weight": 1}]}
@@ -270,7 +270,7 @@ def test_bad_policy_never_reaches_a_gateway(tmp_path: Path) -> None:
         async def main() -> None:
             echo = EchoServer("b0")
             eport = await echo.start("127.0.0.1", 0)
-            server = AgsStandIn.create(tmp_path / "ags", free_port(), url, token=ams.token)
+            server = HostStandIn.for_ags(tmp_path / "ags", free_port(), url, token=ams.token)
             server.open_store()
             svc = GatewayService(server, settings_from_profile(  # type: ignore[arg-type]
                 server.profile, env={"TANDEM_GATEWAY_FEED_BACKOFF_MAX": "0.5"}))

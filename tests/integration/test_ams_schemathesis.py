@@ -30,8 +30,7 @@ except ImportError:  # pragma: no cover - the dependency is declared in the dev 
 
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
-
-from tandem.ams.testkit import InProcessAms
+from tests.support.ams import InProcessAms
 
 EXAMPLES = 12
 BUDGET_S = 60.0

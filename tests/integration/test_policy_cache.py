@@ -11,11 +11,11 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import uvloop
+from tests.support.ags import make_document, project, send_and_read
 
 from tandem.ags.compiled_config import validate_document
 from tandem.ags.gateway import Gateway
 from tandem.ags.settings import GatewaySettings
-from tandem.ags.testkit import make_document, project, send_and_read
 from tandem.net.sockets import listen_socket
 
 

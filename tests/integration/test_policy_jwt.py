@@ -12,13 +12,14 @@ import jwt as pyjwt
 import uvloop
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from tests.support.ags import make_document, project, send_and_read
+from tests.support.echo import EchoServer
+from tests.support.harness import free_port
 
 from tandem.ags.compiled_config import validate_document
-from tandem.ags.echo import EchoServer
 from tandem.ags.gateway import Gateway
 from tandem.ags.policies.jwt import Jwks
 from tandem.ags.settings import GatewaySettings
-from tandem.ags.testkit import free_port, make_document, project, send_and_read
 from tandem.net.httpmini import MiniHTTPServer, Request, Response
 from tandem.net.sockets import listen_socket
 

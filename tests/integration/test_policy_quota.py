@@ -13,12 +13,14 @@ from typing import Any
 
 import pytest
 import uvloop
+from tests.support.ags import make_document, project, send_and_read
+from tests.support.echo import EchoServer
+from tests.support.harness import free_port
+from tests.support.host import HostStandIn
 
-from tandem.ags.echo import EchoServer
 from tandem.ags.gateway_service import KEY, NS, GatewayService
 from tandem.ags.quota_book import NS as QUOTA_NS
 from tandem.ags.settings import settings_from_profile
-from tandem.ags.testkit import AgsStandIn, free_port, make_document, project, send_and_read
 from tandem.store import Op
 
 KEYS = {"ann": "tk_ann-secret", "bob": "tk_bob-secret"}
@@ -29,7 +31,7 @@ CONSUMERS = [{"name": n, "keys": [{"id": f"k-{n}", "sha256": hashlib.sha256(k.en
 class Env:
     def __init__(self, tmp: Path, echo: EchoServer, echo_url: str, workers: int, in_process: bool) -> None:
         self.port = free_port()
-        self.server = AgsStandIn.create(tmp / "ags", self.port, workers=workers, access_log=False)
+        self.server = HostStandIn.for_ags(tmp / "ags", self.port, workers=workers, access_log=False)
         self.server.open_store()
         self.echo, self.echo_url = echo, echo_url
         self.env = {"TANDEM_GATEWAY_INPROCESS": "1" if in_process else "0"}

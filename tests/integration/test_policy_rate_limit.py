@@ -24,12 +24,13 @@ from typing import Any
 import pytest
 import redis
 import uvloop
+from tests.support.ags import make_document, project
+from tests.support.echo import EchoServer
+from tests.support.harness import free_port
 
 from tandem.ags.compiled_config import validate_document
-from tandem.ags.echo import EchoServer
 from tandem.ags.gateway import Gateway
 from tandem.ags.settings import GatewaySettings
-from tandem.ags.testkit import free_port, make_document, project
 from tandem.net.sockets import listen_socket
 
 REDIS_URL = os.environ.get("TANDEM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

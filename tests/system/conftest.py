@@ -1,4 +1,4 @@
-"""System-test fixtures; the harness itself is `tandem.testing` (shared with bench/)."""
+"""System-test fixtures; the harness itself is `tests.support.harness` (shared with bench/)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from tandem.ags.testkit import echo_backend
-from tandem.config import init_home
-from tandem.testing import (  # noqa: F401  (re-exported for the test modules)
+from tests.support.harness import (  # noqa: F401  (re-exported for the test modules)
     Home,
     Server,
     Watcher,
+    echo_backend,
     free_port,
     fresh_ports,
     holds_for,
@@ -22,6 +20,8 @@ from tandem.testing import (  # noqa: F401  (re-exported for the test modules)
     tandem_cmd,
     wait_for,
 )
+
+from tandem.config import init_home
 
 
 @pytest.fixture(scope="module")

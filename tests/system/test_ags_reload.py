@@ -11,9 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
-
-from tandem.ags.testcluster import CliCluster
-from tandem.ags.testkit import echo_backend, wait_until
+from tests.support.harness import CliCluster, echo_backend, wait_for
 
 PROJECTS = 5000
 REDEPLOYS = 20
@@ -67,7 +65,7 @@ def test_twenty_redeploys_of_5000_projects_under_load(tmp_path: Path) -> None:
                "environments": [{"name": "default", "revision": 1, "projects": projects}]}
         r = c.api.post("/api/v1/import", json=doc)
         assert r.status_code == 200, r.text
-        wait_until(lambda: c.gateway_get(f"/api{PROJECTS - 1}/x").status_code == 200, 20, "5,000 projects served")
+        wait_for(lambda: c.gateway_get(f"/api{PROJECTS - 1}/x").status_code == 200, 20, "5,000 projects served")
         start_revision = _revision(c)
 
         load = _load(c.gateway_url + "/api42/items", 60)  # stopped with SIGINT (wrk then prints its summary)
@@ -78,8 +76,8 @@ def test_twenty_redeploys_of_5000_projects_under_load(tmp_path: Path) -> None:
                 body = {"name": "p1", "context_path": "/api1", "targets": [{"url": f"{url}/v{i}"}]}
                 assert c.api.put("/api/v1/projects/p1", json=body).status_code == 200
                 assert c.api.post("/api/v1/projects/p1/deploy", json={}).status_code == 202
-                wait_until(lambda i=i: c.gateway_get("/api1/x").json()["path"] == f"/v{i}/x", 10,
-                           f"redeploy {i} served", interval=0.02)
+                wait_for(lambda i=i: c.gateway_get("/api1/x").json()["path"] == f"/v{i}/x", 10,
+                         f"redeploy {i} served", interval=0.02)
             reload_time = time.monotonic() - t0
             time.sleep(0.5)
         finally:

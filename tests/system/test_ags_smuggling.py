@@ -18,10 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tandem.ags.testcluster import CliCluster
-from tandem.ags.testkit import logged_requests, send_and_read, wait_until
-from tandem.testing import holds_for
+from tests.support.ags import send_and_read
+from tests.support.harness import CliCluster, holds_for, logged_requests, wait_for
 
 H = b"Host: gw.example\r\n"
 Check = Callable[[list[dict[str, Any]]], Any]
@@ -206,8 +204,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, backend: tuple[str, Path])
             assert c.api.post("/api/v1/projects", json=body).status_code == 201
             r = c.api.post(f"/api/v1/projects/{name}/deploy", json={"environment": "default"})
             assert r.status_code == 202, r.text
-        wait_until(lambda: c.gateway_get("/s/ready").status_code == 200
-                   and c.gateway_get("/priv/x").status_code == 401, 10, "projects served")
+        wait_for(lambda: c.gateway_get("/s/ready").status_code == 200
+                 and c.gateway_get("/priv/x").status_code == 401, 10, "projects served")
         yield c
 
 

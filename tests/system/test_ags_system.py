@@ -15,9 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
-
-from tandem.ags.testcluster import CliCluster
-from tandem.ags.testkit import FeedServer, free_port, logged_requests, raw_request, wait_until
+from tests.support.ags import FeedServer, raw_request
+from tests.support.harness import CliCluster, free_port, logged_requests, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +41,8 @@ def test_deploy_redeploy_undeploy(cluster: CliCluster, backend: tuple[str, Path]
     url, log = backend
     _create(cluster, "pets", "/pets", url + "/v1")
     _deploy(cluster, "pets")
-    r = wait_until(lambda: (resp := cluster.gateway_get("/pets/dogs?x=1")).status_code == 200 and resp, 5,
-                   "deployed project served")
+    r = wait_for(lambda: (resp := cluster.gateway_get("/pets/dogs?x=1")).status_code == 200 and resp, 5,
+                 "deployed project served")
     assert r.json()["path"] == "/v1/dogs" and r.json()["query"] == "x=1"  # the rewritten path reached it
     assert logged_requests(log)[-1]["path"] == "/v1/dogs"
     assert r.headers["x-request-id"]
@@ -52,13 +51,13 @@ def test_deploy_redeploy_undeploy(cluster: CliCluster, backend: tuple[str, Path]
                                                        "targets": [{"url": url + "/v2"}]})
     assert r.status_code == 200, r.text
     started = _deploy(cluster, "pets")
-    wait_until(lambda: cluster.gateway_get("/pets/dogs").json()["path"] == "/v2/dogs", 1.0, "redeploy served",
-               interval=0.01)
+    wait_for(lambda: cluster.gateway_get("/pets/dogs").json()["path"] == "/v2/dogs", 1.0, "redeploy served",
+             interval=0.01)
     changed_after = time.monotonic() - started
 
     r = cluster.api.post("/api/v1/projects/pets/undeploy", json={"environment": "default"})
     assert r.status_code == 202, r.text
-    wait_until(lambda: cluster.gateway_get("/pets/dogs").status_code == 404, 1.0, "undeploy served", interval=0.01)
+    wait_for(lambda: cluster.gateway_get("/pets/dogs").status_code == 404, 1.0, "undeploy served", interval=0.01)
     body = cluster.gateway_get("/pets/dogs").json()
     assert body["code"] == "no_route"
     print(f"redeploy visible through the gateway after {changed_after * 1000:.0f} ms")
@@ -80,7 +79,7 @@ def test_errors_and_refused_requests_never_reach_the_backend(cluster: CliCluster
     _create(cluster, "guarded", "/guarded", url + "/g")
     for name in ("down", "slow", "guarded"):
         _deploy(cluster, name)
-    wait_until(lambda: cluster.gateway_get("/guarded/ok").status_code == 200, 5, "projects deployed")
+    wait_for(lambda: cluster.gateway_get("/guarded/ok").status_code == 200, 5, "projects deployed")
 
     r = cluster.gateway_get("/down/x")
     assert (r.status_code, r.json()["code"]) == (502, "upstream_unavailable")
@@ -122,7 +121,7 @@ def test_10mb_upload_and_download_stream_with_bounded_memory(cluster: CliCluster
     url, _ = backend
     _create(cluster, "files", "/files", url)
     _deploy(cluster, "files")
-    wait_until(lambda: cluster.gateway_get("/files/ok").status_code == 200, 5, "files deployed")
+    wait_for(lambda: cluster.gateway_get("/files/ok").status_code == 200, 5, "files deployed")
     for _ in range(3):  # warm every worker
         cluster.gateway_get("/files/bytes?n=100000")
     pids = cluster.gateway_pids()
@@ -163,8 +162,8 @@ def test_metrics_and_access_log(cluster: CliCluster) -> None:
               'tandem_gateway_requests_total{project="down",class="5xx"}',
               'tandem_gateway_errors_total{project="down",code="upstream_unavailable"}',
               'tandem_gateway_errors_total{project="_no_route",code="no_route"}')
-    text = wait_until(lambda: all(w in (t := httpx.get(cluster.ha_url("AGS") + "/metrics", timeout=5).text)
-                                  for w in wanted) and t, 10, "the counters in /metrics (workers report each second)")
+    text = wait_for(lambda: all(w in (t := httpx.get(cluster.ha_url("AGS") + "/metrics", timeout=5).text)
+                                for w in wanted) and t, 10, "the counters in /metrics (workers report each second)")
     assert 'tandem_gateway_errors_total{project="files"' not in text  # a 2xx is not an error
     assert 'tandem_gateway_upstream_seconds_bucket{project="files",le="+Inf"}' in text
     import json
@@ -196,7 +195,7 @@ def test_primary_refusing_connections_backup_answers(cluster: CliCluster, backen
     cluster.start("AGS")
     _create(cluster, "fresh", "/fresh", url)
     _deploy(cluster, "fresh")
-    wait_until(lambda: cluster.gateway_get("/fresh/x").status_code == 200, 5, "config through the backup URL")
+    wait_for(lambda: cluster.gateway_get("/fresh/x").status_code == 200, 5, "config through the backup URL")
     with socket.socket() as s:  # the primary really refuses
         assert s.connect_ex(("127.0.0.1", int(dead.rsplit(":", 1)[1]))) != 0
 
@@ -209,11 +208,11 @@ def test_ams_answering_garbage_or_500_keeps_the_good_configuration(cluster: CliC
         cluster.stop("AGS")
         cluster.set_profile("AGS", f"ha.PrimaryURL={fake.url}", "ha.BackupURLs=")
         cluster.start("AGS")
-        wait_until(lambda: len(fake.polls) >= 2, 10, "the gateway polled the bad AMS")
+        wait_for(lambda: len(fake.polls) >= 2, 10, "the gateway polled the bad AMS")
         for _ in range(3):
             assert cluster.gateway_get("/fresh/x").status_code == 200
             assert cluster.gateway_get("/files/ok").status_code == 200
-        wait_until(lambda: reason in cluster.log_text("AGS"), 5, f"the reason ({reason}) in the AGS log")
+        wait_for(lambda: reason in cluster.log_text("AGS"), 5, f"the reason ({reason}) in the AGS log")
         metrics = httpx.get(cluster.ha_url("AGS") + "/metrics", timeout=5).text
         if mode == "garbage":
             assert "tandem_gateway_config_rejected_total 0" not in metrics

@@ -19,8 +19,7 @@ import time
 from typing import Any
 
 import httpx
-
-from tandem.testing import Home, Server, http_get, wait_for
+from tests.support.harness import Home, Server, http_get, wait_for
 
 PAIR = "haprofile1"
 TOKEN = "test-admin-token-ams-failover"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import socket
 
-from tandem.ags.testkit import raw_request
-from tandem.testing import Home, wait_for
+from tests.support.ags import raw_request
+from tests.support.harness import Home, wait_for
 
 REQUEST = b"GET /api/v1/projects HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
 

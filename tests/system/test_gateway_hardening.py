@@ -17,9 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from tandem.ags.testcluster import CliCluster
-from tandem.ags.testkit import logged_requests, raw_request, wait_until
+from tests.support.ags import raw_request
+from tests.support.harness import CliCluster, logged_requests, wait_for
 
 HEADER_MS, BODY_MS, SEND_MS, KEEPALIVE_MS, MAX_CONNECTIONS = 1000, 1000, 1000, 2000, 40
 
@@ -38,7 +37,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, backend: tuple[str, Path])
         c.deploy("pub", "/pub", url + "/public")
         c.deploy("priv", "/priv", url + "/private", [{"type": "api-key"}])
         c.deploy("c", "/c", url + "/c")
-        wait_until(lambda: c.gateway_get("/c/ready").status_code == 200, 10, "projects served")
+        wait_for(lambda: c.gateway_get("/c/ready").status_code == 200, 10, "projects served")
         yield c
     finally:
         c.close()
@@ -164,7 +163,7 @@ def test_clients_that_stop_reading_do_not_pin_the_upstream_connections(cluster: 
 
         def served() -> bool:
             return httpx.get(cluster.gateway_url + "/c/fine", timeout=5, trust_env=False).status_code == 200
-        wait_until(served, 15, "a reading client served while others read nothing", interval=0.2)
+        wait_for(served, 15, "a reading client served while others read nothing", interval=0.2)
         # and the gateway dropped the ones that read nothing (each gets EOF or a reset once its buffer is read)
         s0 = stuck[0]
         s0.settimeout(0.5)
@@ -181,7 +180,7 @@ def test_clients_that_stop_reading_do_not_pin_the_upstream_connections(cluster: 
     finally:
         for s in stuck:
             s.close()
-    wait_until(lambda: _refused(cluster).get("send_timeout", 0) >= 1, 5, "send_timeout counted")
+    wait_for(lambda: _refused(cluster).get("send_timeout", 0) >= 1, 5, "send_timeout counted")
 
 
 def test_connections_past_max_connections_get_503(cluster: CliCluster) -> None:
@@ -196,14 +195,14 @@ def test_connections_past_max_connections_get_503(cluster: CliCluster) -> None:
         assert (status, _code(body)) == (503, "too_many_connections")
         status, _, _ = raw_request(port, b"GET /c/over HTTP/1.1\r\nHost: a\r\n\r\n", timeout=5)
         assert status == 503
-        wait_until(lambda: "refused with 503 too_many_connections" in cluster.log_text("AGS"), 5, "refusal logged")
+        wait_for(lambda: "refused with 503 too_many_connections" in cluster.log_text("AGS"), 5, "refusal logged")
         # two refusals within the 10 s interval: one line (the second is counted in the next one)
         assert cluster.log_text("AGS").count("refused with 503 too_many_connections") == 1
     finally:
         for s in held:
             s.close()
-    wait_until(lambda: raw_request(port, b"GET /c/after HTTP/1.1\r\nHost: a\r\n\r\n", timeout=5)[0] == 200, 10,
-               "served again once connections closed")
+    wait_for(lambda: raw_request(port, b"GET /c/after HTTP/1.1\r\nHost: a\r\n\r\n", timeout=5)[0] == 200, 10,
+             "served again once connections closed")
 
 
 def test_every_limit_is_counted_on_metrics(cluster: CliCluster) -> None:
@@ -211,4 +210,4 @@ def test_every_limit_is_counted_on_metrics(cluster: CliCluster) -> None:
         got = _refused(cluster)
         want = ("header_timeout", "body_timeout", "send_timeout", "keepalive_timeout", "max_connections")
         return got if all(got.get(r, 0) >= 1 for r in want) else None
-    wait_until(all_counted, 5, "tandem_gateway_refused_total for each reason")
+    wait_for(all_counted, 5, "tandem_gateway_refused_total for each reason")

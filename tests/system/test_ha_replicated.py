@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from tandem.testing import Home, Watcher, holds_for, port_open, run_cli, wait_for
+from tests.support.harness import Home, Watcher, holds_for, port_open, run_cli, wait_for
 
 PAIR = "haprofile1"
 

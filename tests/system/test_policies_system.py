@@ -16,9 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-
-from tandem.ags.testcluster import CliCluster
-from tandem.ags.testkit import free_port, logged_requests, wait_until
+from tests.support.harness import CliCluster, free_port, logged_requests, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +57,8 @@ def test_api_key_allowed_refused_and_revoked(cluster: CliCluster, backend: tuple
     h = _headers(got[0])
     assert h["x-consumer-name"] == "acme" and "x-api-key" not in h
     assert cluster.api.delete(f"/api/v1/consumers/acme/keys/{issued['id']}").status_code == 204
-    wait_until(lambda: _get(cluster, "/keyed/x", **{"X-API-Key": issued["key"]}).status_code == 401, 10,
-               "revoked key refused")
+    wait_for(lambda: _get(cluster, "/keyed/x", **{"X-API-Key": issued["key"]}).status_code == 401, 10,
+             "revoked key refused")
     assert len(_received(log, before)) == 1
 
 
@@ -139,7 +137,7 @@ def test_retry_then_give_up(cluster: CliCluster, backend: tuple[str, Path]) -> N
     assert cluster.api.post("/api/v1/projects", json=body).status_code == 201
     r = cluster.api.post("/api/v1/projects/flaky/deploy", json={"environment": "default"})
     assert r.status_code == 202
-    wait_until(lambda: _get(cluster, "/flaky/x").status_code == 200, 10, "flaky deployed")
+    wait_for(lambda: _get(cluster, "/flaky/x").status_code == 200, 10, "flaky deployed")
     for _ in range(4):  # one target refuses connections: every request still succeeds
         assert _get(cluster, "/flaky/x").status_code == 200
     before = len(logged_requests(log))
@@ -158,8 +156,8 @@ def test_active_health_check_takes_a_failing_target_out(cluster: CliCluster, bac
             "health_check": {"path": "/health", "interval": 0.2, "timeout": 0.1, "healthy": 1, "unhealthy": 2}}
     assert cluster.api.post("/api/v1/projects", json=body).status_code == 201, body
     assert cluster.api.post("/api/v1/projects/hc/deploy", json={"environment": "default"}).status_code == 202
-    wait_until(lambda: f"health: target {dead} of hc is down" in cluster.log_text("AGS"), 10,
-               "the dead target reported down by the health checks")
+    wait_for(lambda: f"health: target {dead} of hc is down" in cluster.log_text("AGS"), 10,
+             "the dead target reported down by the health checks")
     before = len(logged_requests(log))
     for _ in range(4):
         assert _get(cluster, "/hc/x").status_code == 200

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tandem.ags.testcluster import CliCluster
-from tandem.ags.testkit import echo_backend, logged_requests, wait_until
+from tests.support.harness import CliCluster, echo_backend, logged_requests, wait_for
 
 
 def test_a_cache_hit_does_not_reach_the_backend(tmp_path: Path) -> None:
@@ -21,8 +20,8 @@ def test_a_cache_hit_does_not_reach_the_backend(tmp_path: Path) -> None:
         assert r.status_code == 201, r.text
         assert c.api.post("/api/v1/projects/cached/deploy", json={"environment": "default"}).status_code == 202
 
-        first = wait_until(lambda: (x := c.gateway_get("/cached/items?page=1")).status_code == 200 and x, 10,
-                           "the cached project served")
+        first = wait_for(lambda: (x := c.gateway_get("/cached/items?page=1")).status_code == 200 and x, 10,
+                         "the cached project served")
         assert first.headers["x-cache"] == "MISS"
         seen = len(logged_requests(log))
         assert logged_requests(log)[-1]["path"] == "/v1/items"

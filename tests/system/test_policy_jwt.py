@@ -11,9 +11,7 @@ from typing import Any
 import jwt as pyjwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-
-from tandem.ags.testcluster import CliCluster
-from tandem.ags.testkit import echo_backend, logged_requests, wait_until
+from tests.support.harness import CliCluster, echo_backend, logged_requests, wait_for
 
 SECRET = "system-test-secret-0123456789abcdef"
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -41,7 +39,7 @@ def test_hs256_and_rs256_through_real_processes(tmp_path: Path) -> None:
         assert r.status_code == 201, r.text
         r = c.api.post("/api/v1/projects/secure/deploy", json={"environment": "default"})
         assert r.status_code == 202, r.text
-        wait_until(lambda: c.gateway_get("/secure/x").status_code == 401, 10, "the jwt project deployed")
+        wait_for(lambda: c.gateway_get("/secure/x").status_code == 401, 10, "the jwt project deployed")
 
         def get(tok: str | None, **headers: str) -> tuple[int, dict[str, Any], Any]:
             if tok is not None:

@@ -10,10 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
-from tandem.ags.testcluster import CliCluster
-from tandem.ags.testkit import echo_backend, logged_requests, wait_until
-from tandem.testing import Home, wait_for
+from tests.support.harness import CliCluster, Home, echo_backend, logged_requests, wait_for
 
 TOKEN = "test-admin-token-quota-pair"
 
@@ -56,7 +53,7 @@ def test_quota_survives_a_gateway_restart(tmp_path: Path) -> None:
         c.start("AGS")
         key = _setup_api(c.api, backend, limit=5)
         port = c.ports["AGS"][0]
-        wait_until(_deployed(port), 10, "the project deployed to the gateway")
+        wait_for(_deployed(port), 10, "the project deployed to the gateway")
         for left in (4, 3, 2):
             r = _get(port, key)
             assert r.status_code == 200 and r.headers["x-quota-remaining"] == str(left)

@@ -17,9 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from tandem.ags.testcluster import CliCluster
-from tandem.ags.testkit import echo_backend, logged_requests, wait_until
+from tests.support.harness import CliCluster, echo_backend, logged_requests, wait_for
 
 REDIS_URL = os.environ.get("TANDEM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 WINDOW = 3600
@@ -62,7 +60,7 @@ def _deploy(c: CliCluster, name: str, url: str) -> None:
     assert c.api.post("/api/v1/projects", json=body).status_code == 201
     r = c.api.post(f"/api/v1/projects/{name}/deploy", json={"environment": "default"})
     dep = r.json()["id"]
-    wait_until(lambda: c.api.get(f"/api/v1/deployments/{dep}").json()["status"] == "deployed", 15, "deployed")
+    wait_for(lambda: c.api.get(f"/api/v1/deployments/{dep}").json()["status"] == "deployed", 15, "deployed")
 
 
 def _run(clusters: list[CliCluster], url: str, log: Path) -> tuple[int, list[int], list[str], int] | None:
@@ -88,7 +86,7 @@ def _run(clusters: list[CliCluster], url: str, log: Path) -> tuple[int, list[int
     passed = sum(1 for s, _ in results if s == 200)
     statuses = sorted({s for s, _ in results})
     codes = sorted({c for s, c in results if s != 200})
-    wait_until(lambda: len(logged_requests(log)) - before >= passed, 5, "backend log flushed")
+    wait_for(lambda: len(logged_requests(log)) - before >= passed, 5, "backend log flushed")
     return passed, statuses, codes, len(logged_requests(log)) - before
 
 

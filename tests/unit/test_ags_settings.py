@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tests.support.host import HostStandIn
 
 from tandem.ags.settings import GatewaySettings, settings_from_profile
-from tandem.ags.testkit import AgsStandIn
 from tandem.errors import ConfigError
 
 
 def test_defaults_and_overrides(tmp_path: Path) -> None:
-    prof = AgsStandIn.create(tmp_path, 1234, workers=0, token="from-profile").profile
+    prof = HostStandIn.for_ags(tmp_path, 1234, workers=0, token="from-profile").profile
     s = settings_from_profile(prof, env={})
     assert s.workers >= 1 and s.port == 1234 and s.token == "from-profile"
     assert s.access_log.endswith("run/access.log")
@@ -26,11 +26,11 @@ def test_defaults_and_overrides(tmp_path: Path) -> None:
 
 
 def test_access_log_off(tmp_path: Path) -> None:
-    prof = AgsStandIn.create(tmp_path, 1, access_log=False).profile
+    prof = HostStandIn.for_ags(tmp_path, 1, access_log=False).profile
     assert settings_from_profile(prof, env={}).access_log == ""
 
 
 def test_bad_override_names_the_variable(tmp_path: Path) -> None:
-    prof = AgsStandIn.create(tmp_path, 1).profile
+    prof = HostStandIn.for_ags(tmp_path, 1).profile
     with pytest.raises(ConfigError, match="TANDEM_GATEWAY_READ_TIMEOUT"):
         settings_from_profile(prof, env={"TANDEM_GATEWAY_READ_TIMEOUT": "soon"})

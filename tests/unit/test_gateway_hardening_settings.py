@@ -6,15 +6,15 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from tests.support.host import HostStandIn
 
 from tandem.ags.metrics import Metrics, merge, render
 from tandem.ags.settings import settings_from_profile
-from tandem.ags.testkit import AgsStandIn
 from tandem.errors import ConfigError
 
 
 def test_profile_keys_in_milliseconds_become_seconds(tmp_path: Path) -> None:
-    prof = AgsStandIn.create(tmp_path, 1).profile
+    prof = HostStandIn.for_ags(tmp_path, 1).profile
     s = settings_from_profile(prof, env={})
     assert (s.client_header_timeout, s.client_body_timeout, s.send_timeout, s.keepalive_timeout,
             s.max_connections, s.allow_trace) == (30.0, 60.0, 60.0, 75.0, 4096, False)
@@ -34,7 +34,7 @@ def test_request_and_upstream_limits_are_profile_keys(tmp_path: Path) -> None:
     """Every gateway limit has a `[gateway]` key (they were environment-only)."""
     from tandem.ags.settings import GatewaySettings
 
-    prof = AgsStandIn.create(tmp_path, 1).profile
+    prof = HostStandIn.for_ags(tmp_path, 1).profile
     s = settings_from_profile(prof, env={})
     d = GatewaySettings()
     assert (s.max_header_bytes, s.max_headers, s.max_url_bytes, s.max_body_bytes, s.connect_timeout,
@@ -49,7 +49,7 @@ def test_request_and_upstream_limits_are_profile_keys(tmp_path: Path) -> None:
 
 
 def test_a_non_positive_limit_names_the_key(tmp_path: Path) -> None:
-    prof = AgsStandIn.create(tmp_path, 1).profile
+    prof = HostStandIn.for_ags(tmp_path, 1).profile
     gw = dataclasses.replace(prof.gateway, SendTimeout=0)
     with pytest.raises(ConfigError, match="SendTimeout"):
         settings_from_profile(dataclasses.replace(prof, gateway=gw), env={})

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support.ags import StepExchange
 
 from tandem.ags.policies import Consumers, Services, compile_chain
 from tandem.ags.policies.base import Answer
@@ -28,7 +29,6 @@ from tandem.ags.quota_book import (
     encode_answer,
     period_window,
 )
-from tandem.ags.testkit import StepExchange
 from tandem.store import Op, Store, open_store
 
 

@@ -7,7 +7,8 @@ gateway team's tests that need an AMS to pull configuration from.
     with InProcessAms(tmp_path) as ams, ams.serve() as url:   # uvicorn on a free port
         httpx.get(url + "/api/v1/projects", headers=ams.headers)
 
-Nothing is faked: a real sqlite Store, the real app, real auth.
+Nothing is faked: a real sqlite Store, the real app, real auth; the app runs in a
+`HostStandIn` (tests/support/host.py).
 """
 
 from __future__ import annotations
@@ -17,48 +18,18 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tandem.config.model import Profile, ServerSection
-from tandem.store import Store, open_store
-from tandem.testing import free_port as free_port  # re-exported for the AMS tests
+from tests.support.harness import free_port
+from tests.support.host import HostStandIn
 
-
-@dataclass(eq=False)
-class ServerStandIn:
-    """The part of a ServerProcess the AMS app reads: profile, store, db_location."""
-
-    profile: Profile
-    store: Store | None
-    db_location: str
-    client: Any = field(default=None)
-    serving: bool = True
-    metric_sources: list[Any] = field(default_factory=list)
-
-    def open_store(self) -> Store:
-        if self.store is None:
-            self.store = open_store(self.db_location)
-        return self.store
-
-    async def durable(self) -> None:
-        return None
-
-    def ha_state(self) -> str:
-        return "Standalone"
-
-    def add_metric_source(self, collect: Any) -> None:
-        self.metric_sources.append(collect)
-
+from tandem.store import Store
 
 
 class InProcessAms:
     def __init__(self, folder: Path, name: str = "test") -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        profile = Profile(name=f"{name}/AMS", folder=folder,
-                          server=ServerSection(Mode="AMS", Name=name, DbPath=str(folder / "data")))
-        self.server = ServerStandIn(profile, open_store(profile.db_path), profile.db_path)
+        self.server = HostStandIn.for_ams(folder, name)
         from tandem.ams.app import create_app
 
         self.app = create_app(self.server)

@@ -6,7 +6,8 @@
         ...
     status, headers, body = raw_request(port, b"GET /pets/x HTTP/1.1\\r\\nHost: a\\r\\n\\r\\n")
 
-`AgsStandIn` is the part of a ServerProcess that `GatewayService` reads.
+Processes (the echo backend, `tandem server`) and waiting are in harness.py; the
+stand-in host a GatewayService runs in is host.py's `HostStandIn`.
 """
 
 from __future__ import annotations
@@ -14,23 +15,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
 import socket
-import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
-from tandem.config.model import GatewaySection, HASection, Profile, ServerSection
+from tests.support.harness import free_port
+
 from tandem.model.document import document_digest as canonical_digest
 from tandem.net.httpmini import MiniHTTPServer, Request, Response
-from tandem.store import Store, open_store
-from tandem.testing import free_port as free_port  # re-exported for the gateway tests
 
 
 def project(name: str, context_path: str, *urls: str, **extra: Any) -> dict[str, Any]:
@@ -48,61 +43,6 @@ def make_document(projects: list[dict[str, Any]], revision: int = 1, environment
                            "consumers": consumers or []}
     doc["digest"] = canonical_digest(doc)
     return doc
-
-
-@dataclass(eq=False)
-class _Controller:
-    state: str = "Standalone"
-
-    def status(self) -> dict[str, Any]:
-        return {"state": self.state}
-
-
-@dataclass(eq=False)
-class AgsStandIn:
-    """What GatewayService reads of a ServerProcess: profile, store, metric_sources, controller."""
-
-    profile: Profile
-    store: Store | None = None
-    metric_sources: list[Any] = field(default_factory=list)
-    controller: _Controller = field(default_factory=_Controller)
-
-    @classmethod
-    def create(cls, folder: Path, port: int, primary_url: str = "", backup_urls: str = "", workers: int = 1,
-               access_log: bool = True, token: str = "") -> AgsStandIn:
-        folder.mkdir(parents=True, exist_ok=True)
-        profile = Profile(name="test/AGS", folder=folder,
-                          server=ServerSection(Mode="AGS", Name="test-AGS", ClientPort=port,
-                                               DbPath=str(folder / "data")),
-                          ha=HASection(PrimaryURL=primary_url, BackupURLs=backup_urls),
-                          gateway=GatewaySection(Workers=workers, AccessLog=access_log, Token=token))
-        return cls(profile)
-
-    serving: bool = True
-
-    @property
-    def db_location(self) -> str:
-        return self.profile.db_path
-
-    def open_store(self) -> Store:
-        if self.store is None:
-            self.store = open_store(self.profile.db_path)
-        return self.store
-
-    async def durable(self) -> None:
-        return None
-
-    def ha_state(self) -> str:
-        return self.controller.state
-
-    def add_metric_source(self, collect: Any) -> None:
-        if collect not in self.metric_sources:
-            self.metric_sources.append(collect)
-
-    def close_store(self) -> None:
-        if self.store is not None:
-            self.store.close()
-            self.store = None
 
 
 class FeedServer:
@@ -221,61 +161,6 @@ def raw_request(port: int, data: bytes, timeout: float = 10.0) -> tuple[int, dic
         return status, headers, body
 
 
-def wait_until(check: Callable[[], Any], deadline_s: float, what: str, interval: float = 0.05) -> Any:
-    """Poll `check()` until it returns a truthy value; AssertionError naming `what` after the deadline."""
-    end = time.monotonic() + deadline_s
-    last: Any = None
-    while time.monotonic() < end:
-        try:
-            last = check()
-        except Exception as exc:  # not up yet
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"{what}: not within {deadline_s} s (last: {last!r})")
-
-
-def stop_process(proc: subprocess.Popen[Any], timeout: float = 15.0) -> None:
-    """SIGTERM by pid, wait, then SIGKILL."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-
-
-@contextlib.contextmanager
-def echo_backend(log_path: Path | None, name: str = "echo") -> Iterator[tuple[str, subprocess.Popen[Any]]]:
-    """A `tandem.ags.echo` process; yields its base URL and process. Stopped by pid on exit."""
-    import sys
-
-    port = free_port()
-    log = ["--log", str(log_path)] if log_path is not None else []
-    proc = subprocess.Popen([sys.executable, "-m", "tandem.ags.echo", "--port", str(port), "--name", name, *log],
-                            stdout=subprocess.DEVNULL)
-    try:
-        wait_until(lambda: _connects(port), 15, f"echo backend on port {port}")
-        yield f"http://127.0.0.1:{port}", proc
-    finally:
-        stop_process(proc)
-
-
-def _connects(port: int) -> bool:
-    with socket.create_connection(("127.0.0.1", port), timeout=1):
-        return True
-
-
-def logged_requests(log_path: Path) -> list[dict[str, Any]]:
-    if not log_path.exists():
-        return []
-    return [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-
-
 async def send_and_read(port: int, data: bytes, responses: int = 1, timeout: float = 10.0,
                         head_requests: int = 0) -> list[tuple[int, dict[str, str], bytes]]:
     """Send raw bytes on one connection and parse `responses` responses (httptools).
@@ -334,8 +219,8 @@ def run_gateway(test: Callable[[Any, int, list[Any], list[str]], Any], backends:
     import dataclasses
 
     import uvloop
+    from tests.support.echo import EchoServer
 
-    from tandem.ags.echo import EchoServer
     from tandem.ags.gateway import Gateway
     from tandem.ags.settings import GatewaySettings
     from tandem.net.sockets import listen_socket

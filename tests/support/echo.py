@@ -1,4 +1,4 @@
-"""A small HTTP backend for tests, benchmarks and the demo: `python -m tandem.ags.echo --port N`.
+"""A small HTTP backend for tests and benchmarks: `python tests/support/echo.py --port N`.
 
 It logs every request it receives completely (one JSON line per request,
 `--log FILE`), which is how tests prove that a refused request never reached
