@@ -41,11 +41,8 @@ class FakeHost:
         self.wake = asyncio.Event()
         self.lines: list[str] = []
 
-    def store(self) -> None:
-        return None
-
-    def console(self, line: str) -> None:
-        self.lines.append(line)
+        self.ops = SimpleNamespace(store=None, console=self.lines.append)
+        self.peer = SimpleNamespace(alive=lambda: self.alive)
 
     def nudge(self) -> None:
         self.wake.set()
@@ -59,7 +56,7 @@ class FakeHost:
 
 def streaming(host: FakeHost) -> Replicator:
     """A replicator whose session is caught up (every new write waits for the peer's ack)."""
-    rep = Replicator(host, host.cfg, gate=None)  # type: ignore[arg-type]
+    rep = Replicator(host, host.ops, host.peer, host.cfg, gate=None)  # type: ignore[arg-type]
     rep.task = asyncio.get_running_loop().create_task(asyncio.sleep(3600))
     rep.in_sync = True
     return rep

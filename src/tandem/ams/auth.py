@@ -29,7 +29,7 @@ import anyio
 
 from tandem.ams.api_errors import ApiError
 from tandem.ams.app_state import NS_GATEWAY_TOKENS, NS_SETTINGS, AmsState, now_iso
-from tandem.ams.tokenfile import admin_token_path
+from tandem.config.tokenfile import admin_token_path
 from tandem.config.write import write_bytes_atomic
 from tandem.errors import StoreError
 from tandem.store import Op

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     profile = _profile(args)
     if args.action == "stop":
         return stop(profile)
-    from tandem.ha.controller import preflight
+    from tandem.ha.lockfile import preflight
 
     preflight(profile)  # rule 8: a missing LockFile is a start-up error (exit 2), before anything runs
     if args.foreground:

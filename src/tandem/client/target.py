@@ -13,7 +13,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from tandem.ams.tokenfile import admin_token_path
+from tandem.config.tokenfile import admin_token_path
 from tandem.client.http import Client, ClientError
 from tandem.config import Profile, list_profiles, load_profile, resolve_profile_name
 from tandem.errors import ConfigError, UnknownProfile, UsageError

@@ -15,7 +15,9 @@ import logging
 from typing import Any, Protocol
 
 from tandem.config.model import HASection
+from tandem.errors import PeerError
 from tandem.ha.backchannel import OPERATOR, BackchannelGate, Frame, FrameGuard, answer, frame_json, other_role
+from tandem.ha.peer import PeerLink
 from tandem.ha.states import State
 from tandem.net.httpmini import Request, Response, Route
 
@@ -27,6 +29,7 @@ class PairCommands(Protocol):
 
     cfg: HASection
     name: str
+    peer: PeerLink
     epoch: int
     state: State
 
@@ -36,8 +39,10 @@ class PairCommands(Protocol):
 
     def peer_released(self, epoch: int) -> None: ...
 
-    async def switchover(self) -> tuple[str | None, int]:
-        """Hand over to the peer: (why refused or None, the epoch handed over)."""
+    async def hand_over(self) -> tuple[str | None, int]:
+        """Step down for the peer to take over: (why refused or None, the epoch handed over)."""
+
+    def console(self, line: str) -> None: ...
 
     def force_activate(self) -> None: ...
 
@@ -92,9 +97,14 @@ class HAEndpoints:
             return d
         if (stale := self._stale(req)) is not None:
             return stale
-        refused, epoch = await self.ctl.switchover()
+        refused, epoch = await self.ctl.hand_over()
         if refused:
             return self._answer(req, {"ok": False, "error": refused}, 409)
+        try:  # the peer may take the lock at once, without waiting out the hold-off
+            await self.ctl.peer.client.post("/ha/peer/takeover", {"epoch": epoch}, timeout=2.0)
+        except PeerError as exc:
+            self.ctl.console(f"HA  switchover: peer did not acknowledge the handover ({exc}); it will take "
+                             "the lock on its next attempt")
         return self._answer(req, {"ok": True, "from": self.ctl.name, "epoch": epoch})
 
     async def _force(self, req: Request) -> Response:

@@ -61,6 +61,23 @@ class LockRecord:
         except (ValueError, TypeError, AttributeError):
             return cls(unreadable=True)
 
+    def lets_activate(self, name: str) -> bool:
+        """Rule 5, replicated mode: may server `name` activate on its own? Only if nobody
+        ever served (epoch 0), the record names it in sync, or it was the last holder and
+        the record names nobody in sync. An unreadable record never allows it."""
+        if self.unreadable:
+            return False
+        return self.epoch == 0 or name in self.in_sync or (not self.in_sync and self.holder == name)
+
+    def waiting_reason(self, path: str) -> str:
+        """Why a server the record does not let activate waits (for `/ha/status`)."""
+        if self.unreadable:
+            return (f"the LockFile {path} holds no readable Tandem record: whether our store has "
+                    "every acknowledged write is unknown (fix the file or `tandem ha force-activate`)")
+        return (f"store may miss acknowledged writes: the last active {self.holder or '?'} (epoch {self.epoch}) "
+                f"recorded only {self.in_sync} in sync; waiting for it to return "
+                "(or `tandem ha force-activate`)")
+
     def encode(self) -> bytes:
         body = {k: v for k, v in self.__dict__.items() if k != "unreadable"}
         data = (json.dumps(body, sort_keys=True) + "\n").encode()
@@ -245,3 +262,9 @@ class LockFile:
     def close(self) -> None:
         self.release()
         self._pool.shutdown(wait=False)
+
+
+def preflight(profile: Any) -> None:
+    """Checks that must fail a server's start with exit 2 (rule 8): the LockFile of an HA profile."""
+    if profile.ha.Type != "none":
+        check_lockfile(profile.ha.LockFile)

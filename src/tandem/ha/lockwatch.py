@@ -24,6 +24,7 @@ class LockWatch:
     def __init__(self, lock: LockFile, verify_interval: float, fence: float) -> None:
         self.lock, self.verify_interval, self.fence = lock, verify_interval, fence
         self.claimed = False  # we hold the lock and wrote our claim into it
+        self.lost = False  # a verification proved the lock is no longer ours
         self.last_verified = float("-inf")
         self.error = ""  # the LockFile problem last logged ("" while it answers)
         self._stop = threading.Event()
@@ -56,11 +57,25 @@ class LockWatch:
         self.problem("")
         return True
 
-    def start(self, on_lost: Callable[[str], None]) -> None:
+    def start(self, console: Callable[[str], None], wake: Callable[[], None]) -> None:
+        """Start verifying (while we hold a claimed lock); a verification that proves the
+        lock lost sets `lost` and calls `wake`, on the event loop."""
+
+        def on_lost(why: str) -> None:
+            if self.lock.held and self.claimed:
+                console(f"HA  lock verification failed: {why}")
+                self.lost = True
+                wake()
+
         loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._verifier, args=(loop, on_lost), name="lock-verifier",
                                         daemon=True)
         self._thread.start()
+
+    def status(self) -> dict[str, object]:
+        rec = self.lock.record
+        return {"path": self.lock.path, "held": self.lock.held and self.claimed,
+                "verified_ms_ago": self.verified_ms_ago(), "holder": rec.holder, "in_sync": rec.in_sync}
 
     def stop(self) -> None:
         self._stop.set()

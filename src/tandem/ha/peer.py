@@ -35,6 +35,12 @@ class PeerLink:
     def state(self) -> str:
         return (self.view.state or "?") if self.alive() else PEER_DEAD
 
+    def status(self, rep: dict[str, Any]) -> dict[str, Any]:
+        """The `peer` part of `/ha/status` (`rep`: the replication status)."""
+        return {"state": self.state(), "address": f"{self.cfg.BackupHAIPAddress}:{self.cfg.BackupHAPort}",
+                "client_address": self.cfg.BackupServerIp, "epoch": self.view.epoch,
+                "replicated_lsn": rep.get("replicated_lsn"), "lag": rep.get("lag")}
+
     def heard(self, d: dict[str, Any]) -> bool:
         """Record a heartbeat's news; True when the HA loop should look again now
         (the peer came back to life)."""

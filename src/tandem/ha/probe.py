@@ -68,3 +68,13 @@ class Probe:
         self.failures = 0
         self.last_error = ""
         return True
+
+    async def tick(self) -> str | None:
+        """One probe; a line for the console when it changed whether we are isolated."""
+        was = self.isolated
+        await self.run_once()
+        if self.isolated == was:
+            return None
+        if self.isolated:
+            return f"HA  isolated: {self.failures} probes of {self.target} failed ({self.last_error})"
+        return f"HA  probe of {self.target} answers again: no longer isolated"

@@ -35,8 +35,9 @@ from tandem.config.model import HASection
 from tandem.errors import ChangeRejected, LockError, NotDurable, PeerError, StoreError, TandemError
 from tandem.ha.backchannel import BackchannelGate, answer, frame_json
 from tandem.ha.durability import AckObservations, Verdict, may_acknowledge
-from tandem.ha.interfaces import Replication
+from tandem.ha.interfaces import Replication, ServerOps
 from tandem.ha.lockfile import LockFile, LockRecord
+from tandem.ha.peer import PeerLink
 from tandem.ha.states import SERVING
 from tandem.net.httpmini import Request, Response, Route
 from tandem.store import Change, LogTruncated, Store
@@ -64,22 +65,6 @@ class ReplicationHost(Protocol):
     def learn_epoch(self, epoch: int) -> None:
         """A frame of the active carried `epoch` (never lower than ours)."""
 
-    def store(self) -> Store | None: ...
-
-    def set_aside_store(self) -> str:
-        """Rule 6: keep a diverged copy aside, reopen the store empty; returns where."""
-
-    def console(self, line: str) -> None: ...
-
-    def peer_alive(self) -> bool: ...
-
-    def peer_lsn(self) -> int | None:
-        """The last lsn the peer reported in a heartbeat."""
-
-    async def post(self, path: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """A signed request to the peer's HA port; raises PeerError."""
-        ...
-
     def holds_verified_lock(self) -> bool:
         """May this server vouch for a write or change the LockFile's in-sync set?"""
 
@@ -91,8 +76,9 @@ class ReplicationHost(Protocol):
 
 
 class Replicator(Replication):
-    def __init__(self, host: ReplicationHost, cfg: HASection, gate: BackchannelGate) -> None:
-        self.host, self.cfg, self.gate = host, cfg, gate
+    def __init__(self, host: ReplicationHost, ops: ServerOps, peer: PeerLink, cfg: HASection,
+                 gate: BackchannelGate) -> None:
+        self.host, self.ops, self.peer, self.cfg, self.gate = host, ops, peer, cfg, gate
         self.sync = cfg.ReplicationMode == "sync"
         self.acked_lsn = 0
         self.in_sync = False
@@ -112,7 +98,7 @@ class Replicator(Replication):
 
     @property
     def store(self) -> Store:
-        st = self.host.store()
+        st = self.ops.store
         if st is None:
             raise StoreError("store not open")
         return st
@@ -133,7 +119,7 @@ class Replicator(Replication):
         keep = self.cfg.LogRetention
         while True:
             await asyncio.sleep(RETENTION_EVERY)
-            st = self.host.store()
+            st = self.ops.store
             if st is None:
                 continue
             try:
@@ -151,11 +137,11 @@ class Replicator(Replication):
         return self.task is not None and self.catching_up
 
     def status(self) -> dict[str, Any]:
-        st = self.host.store()
+        st = self.ops.store
         if self.task is not None and st is not None:
             return {"replicated_lsn": self.acked_lsn, "lag": st.last_lsn() - self.acked_lsn,
                     "in_sync": self.in_sync, "mode": "sync" if self.sync else "async"}
-        peer_lsn = self.host.peer_lsn() if self.host.peer_alive() else None
+        peer_lsn = self.peer.view.lsn if self.peer.alive() else None
         mine = st.last_lsn() if st is not None else None
         lag = peer_lsn - mine if isinstance(peer_lsn, int) and mine is not None else None
         return {"replicated_lsn": mine, "lag": lag, "mode": "sync" if self.sync else "async"}
@@ -187,7 +173,7 @@ class Replicator(Replication):
         rec = self.host.lock.record
         return AckObservations(
             sync=self.sync, peer_acked=self.acked_lsn >= lsn, streaming=self.in_sync and self.task is not None,
-            peer_alive=self.host.peer_alive(), timed_out=timed_out, holds_verified=self.host.holds_verified_lock(),
+            peer_alive=self.peer.alive(), timed_out=timed_out, holds_verified=self.host.holds_verified_lock(),
             lock_epoch=rec.epoch, write_epoch=epoch, peer_in_record=self._recording or self._peer_named(rec))
 
     def _peer_named(self, rec: LockRecord) -> bool:
@@ -255,7 +241,7 @@ class Replicator(Replication):
                 raise NotDurable(f"cannot record the peer out of sync ({why}): "
                                  f"{exc or type(exc).__name__}") from exc
             self.in_sync = self._recording = False
-            self.host.console(f"REPL  peer out of sync: {why}; writes now acknowledged without it")
+            self.ops.console(f"REPL  peer out of sync: {why}; writes now acknowledged without it")
             self._wake_waiters()
             self.host.nudge()
 
@@ -283,7 +269,7 @@ class Replicator(Replication):
 
     async def _post(self, path: str, payload: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
         payload = {"epoch": self.host.lock.record.epoch, "leader": self.host.name, **payload}
-        return await self.host.post(path, payload, timeout or 5.0)
+        return await self.peer.client.post(path, payload, timeout=timeout or 5.0)
 
     def _has_change(self, lsn: int, epoch: int) -> bool | None:
         """Does our log hold the change (epoch, lsn)? None when the log no longer reaches it."""
@@ -299,7 +285,7 @@ class Replicator(Replication):
         return bool(found) and found[0].lsn == lsn and found[0].epoch == epoch
 
     async def _session(self) -> None:
-        if not self.host.peer_alive():
+        if not self.peer.alive():
             raise PeerError("peer not alive")
         hello = await self._post("/ha/repl/hello", {"last_lsn": self.store.last_lsn()})
         plsn, pepoch = int(hello["last_lsn"]), int(hello["last_epoch"])
@@ -315,7 +301,7 @@ class Replicator(Replication):
         self._acked(acked)
         self.catching_up = acked < self.store.last_lsn()
         if self.catching_up:
-            self.host.console(f"REPL  catching up the peer from lsn {acked} to {self.store.last_lsn()}")
+            self.ops.console(f"REPL  catching up the peer from lsn {acked} to {self.store.last_lsn()}")
         recorded = False  # the LockFile names the peer in sync
         while True:
             if recorded and not self.in_sync:
@@ -341,9 +327,9 @@ class Replicator(Replication):
                 if self.catching_up:  # tell the passive the catch-up is over (PassiveSync -> Passive now)
                     await self._post("/ha/repl/frames", {"changes": [], "catchup": False}, timeout=2.0)
                 self.catching_up = False
-                self.host.console(f"REPL  peer in sync at lsn {self.acked_lsn}")
+                self.ops.console(f"REPL  peer in sync at lsn {self.acked_lsn}")
                 self.host.nudge()
-            if not self.host.peer_alive():
+            if not self.peer.alive():
                 raise PeerError("peer dead")
             self.kick.clear()
             if self.store.last_lsn() == self.acked_lsn:
@@ -367,7 +353,7 @@ class Replicator(Replication):
     async def _send_snapshot(self, diverged: bool) -> int:
         self.catching_up = True
         snap: bytes = await asyncio.to_thread(self.store.snapshot)
-        self.host.console(f"REPL  sending a snapshot ({len(snap)} bytes){' to a diverged peer' if diverged else ''}")
+        self.ops.console(f"REPL  sending a snapshot ({len(snap)} bytes){' to a diverged peer' if diverged else ''}")
         resp = await self._post("/ha/repl/snapshot", {"snapshot": base64.b64encode(snap).decode(),
                                                       "diverged": diverged}, timeout=60.0)
         if not resp.get("ok"):
@@ -439,12 +425,12 @@ class Replicator(Replication):
         try:
             snap = base64.b64decode(d["snapshot"], validate=True)
             if d.get("diverged"):
-                where = self.host.set_aside_store()  # on the loop: nothing may read a closed store
-                self.host.console(f"REPL  our copy diverged from the active's: kept aside in {where}")
+                where = self.ops.set_aside_store()  # on the loop: nothing may read a closed store
+                self.ops.console(f"REPL  our copy diverged from the active's: kept aside in {where}")
             await asyncio.to_thread(self.store.restore, snap)
         except (StoreError, KeyError, ValueError) as exc:
             log.warning("replication: refused a snapshot from %s: %s", req.peer, exc)
             return self._answer(req, {"ok": False, "error": str(exc)})
         self.catchup_until = time.monotonic() + 1.0
-        self.host.console(f"REPL  snapshot restored at lsn {self.store.last_lsn()}")
+        self.ops.console(f"REPL  snapshot restored at lsn {self.store.last_lsn()}")
         return self._answer(req, {"ok": True, "acked_lsn": self.store.last_lsn()})
