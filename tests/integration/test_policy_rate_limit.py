@@ -26,7 +26,7 @@ import redis
 import uvloop
 from tests.support.ags import make_document, project
 from tests.support.echo import EchoServer
-from tests.support.harness import free_port
+from tests.support.harness import free_port, wait_for_async
 
 from tandem.ags.compiled_config import validate_document
 from tandem.ags.gateway import Gateway
@@ -160,9 +160,7 @@ async def gateways(n: int) -> AsyncIterator[Env]:
     finally:
         for gw in gws:
             await gw.drain(1.0)
-            for value in gw.services.values():  # the Redis clients and their probes
-                if hasattr(value, "close"):
-                    await value.close()
+            await gw.services.close()  # the Redis clients and their probes
         backend.close()
 
 
@@ -270,15 +268,6 @@ def _outage_warnings(caplog: pytest.LogCaptureFixture, port: int) -> tuple[int, 
     return sum("unreachable (" in m for m in msgs), sum("reachable again" in m for m in msgs)
 
 
-async def _eventually(check: Callable[[], Awaitable[bool]], deadline_s: float, what: str) -> None:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{what}: not within {deadline_s} s")
-
-
 async def timed(c: Conn, path: str) -> Reply:
     t = time.monotonic()
     reply = await c.get(path)
@@ -324,7 +313,7 @@ def test_redis_killed_open_closed_local_then_back(private_redis: Callable[..., P
                 s, h, _ = await timed(c, "/closed/x")
                 return s == 200 and h.get("ratelimit-remaining") == "2"
 
-            await _eventually(counted_again, 5, "the probe reconnected and requests are counted in Redis again")
+            await wait_for_async(counted_again, 5, "the probe reconnected and requests are counted in Redis again")
             s, h, _ = await timed(c, "/open/x")
             assert (s, h["ratelimit-remaining"]) == (200, "2")  # open counts again too
             assert _outage_warnings(caplog, rs.port) == (1, 1)
@@ -371,7 +360,7 @@ def test_redis_hanging_is_noticed_within_the_timeout_then_skipped(private_redis:
             async def counted_again() -> bool:
                 return (await timed(c, "/h/x"))[0] == 200
 
-            await _eventually(counted_again, 5, "requests counted in Redis again after SIGCONT")
+            await wait_for_async(counted_again, 5, "requests counted in Redis again after SIGCONT")
             assert _outage_warnings(caplog, rs.port) == (1, 1)
             c.close()
 
@@ -396,7 +385,7 @@ def test_redis_down_at_start_then_up(private_redis: Callable[..., PrivateRedis])
                 s, h, _ = await timed(c, "/l/x")
                 return s == 200 and h["ratelimit-remaining"] == "1"
 
-            await _eventually(in_redis, 5, "counted in Redis once it is up")
+            await wait_for_async(in_redis, 5, "counted in Redis once it is up")
             c.close()
 
     run(t)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import secrets
 import socket
@@ -133,11 +132,7 @@ class Gateway:
             self._sweeper = None
         await self.health.stop()
         self.pools.close()
-        for state in self.services.values():  # policy clients (Redis connections, their probes)
-            close = getattr(state, "close", None)
-            if close is not None and inspect.iscoroutinefunction(close):
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(close(), 2.0)
+        await self.services.close()  # policy clients (Redis connections, their probes)
         if self.accesslog is not None:
             self.accesslog.close()
             self.accesslog = None

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tandem.config.model import GatewaySection
 from tandem.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -88,7 +89,8 @@ def settings_from_profile(profile: Profile, env: dict[str, str] | None = None) -
     """Resolve the settings of an AGS profile; a bad override raises ConfigError naming it."""
     env = dict(os.environ) if env is None else env
     gw = profile.gateway
-    workers = getattr(gw, "Workers", 0) if gw is not None else 0
+    section = gw or GatewaySection()  # an AGS profile without [gateway]: its defaults
+    workers = section.Workers
     env_workers = env.get("TANDEM_GATEWAY_WORKERS")
     if env_workers:
         workers = _number(int, "TANDEM_GATEWAY_WORKERS", env_workers)
@@ -97,7 +99,7 @@ def settings_from_profile(profile: Profile, env: dict[str, str] | None = None) -
     # its event loop nor its GIL with the HA loop (measured cheaper per request, and
     # traffic cannot delay lock verification); TANDEM_GATEWAY_INPROCESS=1 serves in-process.
     in_process = workers == 1 and env.get("TANDEM_GATEWAY_INPROCESS", "0") == "1"
-    access = getattr(gw, "AccessLog", True) if gw is not None else True
+    access = section.AccessLog
     values: dict[str, Any] = {}
     if gw is not None:
         for key, (field, factor) in _PROFILE.items():
@@ -120,10 +122,10 @@ def settings_from_profile(profile: Profile, env: dict[str, str] | None = None) -
     return GatewaySettings(
         host=profile.server.ClientAddress,
         port=profile.server.ClientPort,
-        environment=getattr(gw, "Environment", "default") if gw is not None else "default",
+        environment=section.Environment,
         workers=workers,
         in_process=in_process,
-        token=env.get("TANDEM_GATEWAY_TOKEN") or str(getattr(gw, "Token", "") or ""),
+        token=env.get("TANDEM_GATEWAY_TOKEN") or section.Token,
         access_log=str(run_dir / "access.log") if access else "",
         name=re.sub(r"[^A-Za-z0-9._-]", "-", profile.server.Name or profile.name)[:64],
         pair=profile.name.split("/")[0],

@@ -113,7 +113,7 @@ class ASGIService(ClientService):
         server, task = self._server, self._task
         if server is None or task is None:
             return
-        for s in getattr(server, "servers", []):
+        for s in server.servers:
             s.close()  # refuse new connections now
         server.should_exit = True
         try:

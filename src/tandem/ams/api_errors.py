@@ -163,7 +163,7 @@ def install(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse({"code": code, "message": str(exc.detail)}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+                            headers=exc.headers)
 
     async def on_store_error(request: Request, exc: Exception) -> JSONResponse:
         log.error("%s %s: store error: %s", request.method, request.url.path, exc)

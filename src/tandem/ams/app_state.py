@@ -14,12 +14,15 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tandem.ams.api_errors import ApiError
 from tandem.ams.notify import Hub
 from tandem.errors import StoreError
 from tandem.store import Change, Op, Store
+
+if TYPE_CHECKING:
+    from tandem.server.client_service import ServiceHost
 
 log = logging.getLogger("tandem.ams")
 
@@ -43,7 +46,7 @@ def parse_iso(text: str) -> float:
 
 
 class AmsState:
-    def __init__(self, server: Any) -> None:
+    def __init__(self, server: ServiceHost) -> None:
         self.server = server
         self.lock = threading.RLock()
         self.hub = Hub()
@@ -53,7 +56,7 @@ class AmsState:
         self.bootstrapped: int | None = None  # id() of the store the admin token was checked in
 
     def __repr__(self) -> str:
-        return f"<AmsState server={getattr(self.server.profile, 'name', '?')} store={self.server.store!r}>"
+        return f"<AmsState server={self.server.profile.name} store={self.server.store!r}>"
 
     def store(self) -> Store:
         store: Store | None = self.server.store
@@ -63,8 +66,7 @@ class AmsState:
 
     def serving(self) -> bool:
         """False once the server stopped serving (long polls end, the worker stops writing)."""
-        client = getattr(self.server, "client", None)
-        return self.server.store is not None and (client is None or bool(getattr(client, "serving", True)))
+        return self.server.store is not None and self.server.serving
 
     def commit(self, ops: Sequence[Op], *channels: str) -> Change:
         """Commit (caller holds `lock`), then wake whoever waits on `channels`."""

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tandem.model.policies import AUTH_TYPES, HTTP_METHOD, Policy
+from tandem.model.policies import AUTH_TYPES, HTTP_METHOD, Policy, QuotaPolicy, RateLimitPolicy
 from tandem.model.policies import (
     FieldError as FieldError,  # re-exported: errors.py and callers import it here
 )
@@ -155,7 +155,7 @@ class Project(Strict):
             raise FieldError(("targets",), "at least one target needs a weight > 0")
         if not seen & AUTH_TYPES:
             for i, p in enumerate(self.policies):
-                if p.type in ("rate-limit", "quota") and getattr(p, "by", None) == "consumer":
+                if isinstance(p, RateLimitPolicy | QuotaPolicy) and p.by == "consumer":
                     raise FieldError(("policies", i, "by"), f"a {p.type} by consumer needs an auth policy "
                                      "(api-key, basic-auth or jwt) in the same project to identify the consumer")
         return self

@@ -110,6 +110,14 @@ def add_response_header(ex: Exchange, line: bytes) -> None:
 REMOVE, SET, ADD, RENAME = 0, 1, 2, 3
 
 
+class SharedState:
+    """Policy state kept in `Services` across configurations that holds something to
+    release when the serving process stops (a Redis connection and its probe)."""
+
+    async def close(self) -> None:
+        """Release it; bounded by the caller (2 s)."""
+
+
 class RequestEdit:
     """Header changes for the upstream request, applied once when the chain admits the request.
 

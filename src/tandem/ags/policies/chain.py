@@ -22,6 +22,8 @@ a rate limit.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import hashlib
 import json
@@ -31,7 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 
-from tandem.ags.policies.base import Answer, RequestEdit, Step
+from tandem.ags.policies.base import Answer, RequestEdit, SharedState, Step
 from tandem.model.policies import AUTH_TYPES, POLICY_MODELS_BY_TYPE, PolicyModel, describe_errors
 
 if TYPE_CHECKING:
@@ -98,6 +100,13 @@ class Services:
 
     def values(self) -> list[Any]:
         return list(self._state.values())
+
+    async def close(self) -> None:
+        """The process stops serving: release every `SharedState` (each within 2 s)."""
+        for value in list(self._state.values()):
+            if isinstance(value, SharedState):
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(value.close(), 2.0)
 
     def __repr__(self) -> str:
         return f"<Services state={len(self._state)} quota={self.quota!r}>"
@@ -240,7 +249,8 @@ class Chain:
     def on_response(self, ex: Exchange, status: int, parts: list[bytes]) -> list[bytes] | None:
         """The upstream's response head: `parts[0]` the status line, then header lines as
         (name, ": ", value, "\\r\\n") runs or joined lines. Returns the parts to send, or
-        None when the response is dropped because the request is retried."""
+        None when the response is dropped because the request is retried. (Its no-hooks case has an
+        inlined copy in Exchange.on_head: tests/unit/test_inlined_copies.py runs both.)"""
         if self.hooks:
             retry = self.retry
             if retry is not None and status in retry.on_status and retry.again(ex, f"upstream answered {status}"):

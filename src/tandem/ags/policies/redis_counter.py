@@ -33,6 +33,8 @@ from collections import deque
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from tandem.ags.policies.base import SharedState
+
 log = logging.getLogger("tandem.ags.policies.redis")
 
 SCRIPT = b"""local n = redis.call('INCR', KEYS[1])
@@ -165,7 +167,7 @@ def parse_url(url: str) -> tuple[str, int, int, str | None, str | None, bool]:
             unquote(u.password) if u.password else None, u.scheme == "rediss")
 
 
-class RedisCounter:
+class RedisCounter(SharedState):
     """Fixed-window counters on one Redis server (see the module docstring).
 
     `broken` is true while the breaker is open: callers skip Redis then.
