@@ -15,26 +15,11 @@ import pytest
 import uvloop
 from tests.support.ags import FeedServer, make_document, project, send_and_read
 from tests.support.echo import EchoServer
-from tests.support.harness import free_port
+from tests.support.harness import free_port, wait_for_async
 from tests.support.host import HostStandIn
 
 from tandem.ags.gateway_service import KEY, NS, GatewayService
 from tandem.store import Op
-
-
-async def until(check: Callable[[], Awaitable[Any]], deadline: float, what: str) -> Any:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline
-    last: Any = None
-    while loop.time() < end:
-        try:
-            last = await check()
-            if last:
-                return last
-        except OSError as exc:
-            last = exc
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{what}: not within {deadline} s (last {last!r})")
 
 
 class Env:
@@ -113,7 +98,7 @@ def test_primary_refusing_connections_backup_answers(tmp_path: Path) -> None:
             backup.set(env.doc(2, "pets"))
             svc = env.start_service()
             await svc.start()
-            await until(lambda: _served(env, "/pets/x"), 3, "config from the backup URL")
+            await wait_for_async(lambda: _served(env, "/pets/x"), 3, "config from the backup URL")
             stored = env.server.store.get(NS, KEY)  # type: ignore[union-attr]
             assert stored["revision"] == 2  # stored durably before it was served
 
@@ -134,17 +119,17 @@ def test_bad_answers_keep_the_good_configuration(tmp_path: Path, caplog: pytest.
             feed.set(env.doc(1, "pets", "cats"))
             svc = env.start_service()
             await svc.start()
-            await until(lambda: _served(env, "/cats/x"), 3, "first configuration")
+            await wait_for_async(lambda: _served(env, "/cats/x"), 3, "first configuration")
             feed.mode = mode
             feed.set(env.doc(2, "dogs"))  # wakes the held poll: the next answers are bad
-            await until(lambda: asyncio.sleep(0, reason in caplog.text), 3, "the reason in the log")
+            await wait_for_async(lambda: reason in caplog.text, 3, "the reason in the log")
             assert await env.status_of("/pets/x") == 200 and await env.status_of("/cats/x") == 200
             assert await env.status_of("/dogs/x") == 404
             assert svc.revision == 1 and env.server.store.get(NS, KEY)["revision"] == 1  # type: ignore[union-attr]
             if mode != "500":
                 assert b"tandem_gateway_config_rejected_total 0" not in svc.metrics_text()
             feed.mode = "doc"  # the AMS recovers: the new configuration arrives (backoff is short)
-            await until(lambda: _served(env, "/dogs/x"), 5, "configuration after recovery")
+            await wait_for_async(lambda: _served(env, "/dogs/x"), 5, "configuration after recovery")
             assert await env.status_of("/pets/x") == 404
 
         with caplog.at_level(logging.INFO):
@@ -158,10 +143,10 @@ def test_a_failing_source_is_left_for_the_next(tmp_path: Path) -> None:
         async def t(env: Env, echo: EchoServer) -> None:
             backup.set(env.doc(3, "pets"))
             await env.start_service().start()
-            await until(lambda: _served(env, "/pets/x"), 3, "config from the backup")
+            await wait_for_async(lambda: _served(env, "/pets/x"), 3, "config from the backup")
             before = len(primary.polls)
             backup.set(env.doc(4, "pets", "cats"))
-            await until(lambda: _served(env, "/cats/x"), 3, "next revision from the backup")
+            await wait_for_async(lambda: _served(env, "/cats/x"), 3, "next revision from the backup")
             await asyncio.sleep(1.0)
             assert len(primary.polls) - before <= 1  # stays on the source that works
             assert backup.polls[-1]["applied"] == "4" and backup.polls[-1]["gateway"] == "test-AGS"
@@ -181,15 +166,15 @@ def test_real_ams_deploy_and_undeploy(tmp_path: Path) -> None:
                 await env.start_service().start()
                 r = await api.post("/api/v1/projects/pets/deploy", json={"environment": "default"})
                 assert r.status_code == 202, r.text
-                await until(lambda: _served(env, "/pets/dogs"), 3, "deployed project served")
+                await wait_for_async(lambda: _served(env, "/pets/dogs"), 3, "deployed project served")
                 assert echo.requests[-1]["path"] == "/v1/dogs"
                 dep = r.json()["id"]
-                await until(lambda: _deployed(api, dep), 5, "deployment reported deployed")
+                await wait_for_async(lambda: _deployed(api, dep), 5, "deployment reported deployed")
                 gateways = (await api.get("/api/v1/gateways")).json()
                 assert any(g["name"] == "test-AGS" for g in gateways), gateways
                 r = await api.post("/api/v1/projects/pets/undeploy", json={"environment": "default"})
                 assert r.status_code == 202, r.text
-                await until(lambda: _gone(env, "/pets/dogs"), 3, "undeployed project gone")
+                await wait_for_async(lambda: _gone(env, "/pets/dogs"), 3, "undeployed project gone")
 
         run(t, tmp_path, primary=url, token=ams.token)
 
@@ -210,19 +195,19 @@ def test_worker_processes_share_the_port_and_get_each_configuration(tmp_path: Pa
             await svc.start()
             assert svc.workers is not None and svc.workers.live == 2
             pids = [w.proc.pid for w in svc.workers.workers if w.proc]
-            await until(lambda: _served(env, "/pets/x"), 5, "first configuration in the workers")
+            await wait_for_async(lambda: _served(env, "/pets/x"), 5, "first configuration in the workers")
             feed.set(env.doc(2, "pets", "cats"))
-            await until(lambda: asyncio.sleep(0, svc.revision == 2), 5, "revision 2 applied by every worker")
+            await wait_for_async(lambda: svc.revision == 2, 5, "revision 2 applied by every worker")
             # every new connection lands on one worker or the other: all of them have it
             assert [await env.status_of("/cats/x") for _ in range(20)] == [200] * 20
             want = 'tandem_gateway_requests_total{project="cats",class="2xx"} 20'
-            text = await until(lambda: asyncio.sleep(0, want in (t := svc.metrics_text().decode()) and t), 5,
-                               "the 20 requests in the summed counters (workers report about once a second)")
+            text = await wait_for_async(lambda: want in (t := svc.metrics_text().decode()) and t, 5,
+                                        "the 20 requests in the summed counters (workers report about once a second)")
             assert "tandem_gateway_workers 2" in text
             os.kill(pids[0], 9)  # a worker that dies is replaced
-            await until(lambda: asyncio.sleep(0, svc.workers and svc.workers.live == 2
-                                              and pids[0] not in [w.proc.pid for w in svc.workers.workers
-                                                                  if w.proc]), 10, "worker restarted")
+            await wait_for_async(lambda: svc.workers and svc.workers.live == 2
+                                 and pids[0] not in [w.proc.pid for w in svc.workers.workers if w.proc],
+                                 10, "worker restarted")
             assert [await env.status_of("/cats/x") for _ in range(10)] == [200] * 10
             await svc.stop(1.0)
             for pid in pids[1:]:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from tests.support.ags import make_document, project, run_gateway, send_and_read
 from tests.support.echo import EchoServer
+from tests.support.harness import wait_for_async
 
 from tandem.ags.balancer import Target
 from tandem.ags.compiled_config import ConfigRejected, validate_document
@@ -47,14 +48,6 @@ class Switchable:
         w.close()
 
 
-async def _until(check: Any, seconds: float) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + seconds
-    while not check():
-        assert loop.time() < end, f"not within {seconds} s"
-        await asyncio.sleep(0.02)
-
-
 def test_failing_target_leaves_the_rotation_and_comes_back() -> None:
     async def t(gw: Gateway, port: int, echoes: list[EchoServer], urls: list[str]) -> None:
         sw = Switchable()
@@ -71,16 +64,16 @@ def test_failing_target_leaves_the_rotation_and_comes_back() -> None:
                 out.append("echo" if body.startswith(b"{") else "switchable")
             return out
 
-        await _until(lambda: sw.checks >= 2, 5)
+        await wait_for_async(lambda: sw.checks >= 2, 5, "two health checks run")
         assert set(await spread(6)) == {"echo", "switchable"}  # both healthy: round robin
         sw.healthy = False
         target = gw.config.projects["p"].balancer.targets[1]
-        await _until(lambda: target.health is not None and target.health.down, 5)
+        await wait_for_async(lambda: target.health is not None and target.health.down, 5, "the target marked down")
         before = sw.requests
         assert set(await spread(6)) == {"echo"}  # out of the rotation, though it still answers requests
         assert sw.requests == before
         sw.healthy = True
-        await _until(lambda: not target.health.down, 5)
+        await wait_for_async(lambda: not target.health.down, 5, "the target up again")
         assert "switchable" in await spread(6)
         assert sw.server is not None
         sw.server.close()

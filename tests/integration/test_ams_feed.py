@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from tests.support.ams import InProcessAms
+from tests.support.harness import wait_for
 
 from tandem.ams.services import deployments as deployments_module
 from tandem.model.document import verify_document
@@ -32,16 +33,6 @@ def ams(tmp_path: Path) -> Iterator[InProcessAms]:
 
 def feed(ams: InProcessAms, **params: Any) -> Any:
     return ams.client.get(FEED, params=params, headers=ams.headers)
-
-
-def wait_for(pred: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 def deploy(ams: InProcessAms, env: str = "default") -> dict[str, Any]:

@@ -19,7 +19,7 @@ import uvloop
 from tests.support.ags import send_and_read
 from tests.support.ams import InProcessAms
 from tests.support.echo import EchoServer
-from tests.support.harness import free_port
+from tests.support.harness import free_port, wait_for_async
 from tests.support.host import HostStandIn
 
 BASE: dict[str, Any] = {"name": "pets", "version": "1", "context_path": "/pets",
@@ -244,17 +244,6 @@ def test_basic_auth_passwords_are_scrypt_hashes(ams: InProcessAms) -> None:
 
 # ---- acceptance: a bad policy never reaches a gateway ----
 
-async def _until(check: Any, deadline: float, what: str) -> Any:
-    loop = asyncio.get_running_loop()
-    end, last = loop.time() + deadline, None
-    while loop.time() < end:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{what}: not within {deadline} s (last {last!r})")
-
-
 async def _get(port: int, path: str, key: str | None) -> tuple[int, bytes]:
     extra = f"X-API-Key: {key}\r\n".encode() if key else b""
     req = b"GET " + path.encode() + b" HTTP/1.1\r\nHost: a\r\n" + extra + b"Connection: close\r\n\r\n"
@@ -293,8 +282,8 @@ def test_bad_policy_never_reaches_a_gateway(tmp_path: Path) -> None:
                         gws = (await api.get("/api/v1/gateways")).json()
                         return int(next((g.get("applied") or 0 for g in gws if g["name"] == "test-AGS"), 0))
 
-                    await _until(lambda: _at(applied, revision), 5, f"gateway applied revision {revision}")
-                    await _until(lambda: _is(_get(port, "/pets/dogs", key), 200), 5, "served with the key")
+                    await wait_for_async(lambda: _at(applied, revision), 5, f"gateway applied revision {revision}")
+                    await wait_for_async(lambda: _is(_get(port, "/pets/dogs", key), 200), 5, "served with the key")
                     assert (await _get(port, "/pets/dogs", None))[0] == 401
                     seen = len(echo.requests)
 
@@ -325,7 +314,7 @@ def test_bad_policy_never_reaches_a_gateway(tmp_path: Path) -> None:
                     # a deploy of the unchanged project still works and serves the same thing
                     r = await api.post("/api/v1/projects/pets/deploy", json={"environment": "default"})
                     assert r.status_code == 202, r.text
-                    await _until(lambda: _at(applied, revision + 1), 5, "gateway applied the redeploy")
+                    await wait_for_async(lambda: _at(applied, revision + 1), 5, "gateway applied the redeploy")
                     assert (await _get(port, "/pets/dogs", key))[0] == 200
                     assert (await _get(port, "/pets/dogs", None))[0] == 401
                     assert echo.requests[-1]["path"] == "/v1/dogs"

@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import uvloop
 from tests.support.ags import make_document, project, send_and_read
+from tests.support.harness import wait_for_async
 
 from tandem.ags.compiled_config import validate_document
 from tandem.ags.gateway import Gateway
@@ -108,16 +109,6 @@ def run(test: Callable[[Env], Awaitable[None]], *policies: dict[str, Any]) -> No
             backend.close()
 
     uvloop.run(main())
-
-
-async def poll(check: Callable[[], Awaitable[bool]], deadline: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline
-    while loop.time() < end:
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{what}: not within {deadline} s")
 
 
 def test_second_get_is_served_from_the_cache() -> None:
@@ -222,7 +213,7 @@ def test_ttl_expiry_and_max_age() -> None:
         async def expired() -> bool:
             return (await env.req("/c/t"))[1]["x-cache"] == "MISS"
 
-        await poll(expired, 5, "the 1 s entry expired")
+        await wait_for_async(expired, 5, "the 1 s entry expired")
         assert env.backend.hits["/t"] == 2
         assert (await env.req("/c/t"))[1]["x-cache"] == "HIT", "stored again after the miss"
 
@@ -236,7 +227,7 @@ def test_ttl_expiry_and_max_age() -> None:
         async def expired() -> bool:
             return (await env.req("/c/m?cc=max-age%3D1"))[1]["x-cache"] == "MISS"
 
-        await poll(expired, 5, "the max-age=1 entry expired under a 60 s ttl")
+        await wait_for_async(expired, 5, "the max-age=1 entry expired under a 60 s ttl")
         await env.req("/c/g?cc=max-age%3D50&age=20")
         r = await env.req("/c/g?cc=max-age%3D50&age=20")
         assert r[1]["x-cache"] == "HIT" and int(r[1]["age"]) >= 20

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from tests.support.ags import make_document, project, send_and_read
 from tests.support.echo import EchoServer
-from tests.support.harness import free_port
+from tests.support.harness import free_port, wait_for_async
 
 from tandem.ags.compiled_config import validate_document
 from tandem.ags.gateway import Gateway
@@ -113,17 +113,6 @@ def run(test: Callable[[Env], Awaitable[None]]) -> None:
             echo.close()
 
     uvloop.run(main())
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], deadline: float, what: str) -> Any:
-    end = time.monotonic() + deadline
-    last: Any = None
-    while time.monotonic() < end:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{what}: not within {deadline} s (last: {last!r})")
 
 
 def seen_headers(env: Env, i: int = -1) -> list[tuple[str, str]]:
@@ -230,7 +219,7 @@ def test_jwks_down_with_a_warm_cache_still_serves() -> None:
             status, _, body = await env.get(token(iss, RSA1, "RS256", "k1", jti=str(time.monotonic())))
             assert status == 200, body
             return jw.error is not None and jw.fetches >= 2
-        await eventually(refresh_failed, 10, "a background refresh tried the JWKS and failed")
+        await wait_for_async(refresh_failed, 10, "a background refresh tried the JWKS and failed")
         assert (await env.get(token(iss, RSA1, "RS256", "k1", n=1)))[0] == 200
         # a kid the cached set does not know while the JWKS is down: the gateway cannot tell, so 503
         status, headers, body = await env.get(token(iss, RSA2, "RS256", "k-new"))
@@ -238,8 +227,8 @@ def test_jwks_down_with_a_warm_cache_still_serves() -> None:
         # back up: the next refresh replaces the set
         env.jwks.doc = {"keys": [jwk(RSA2, "k-new")]}
         await env.jwks.start()
-        await eventually(lambda: _status(env, token(iss, RSA2, "RS256", "k-new", jti=str(time.monotonic()))) ,
-                         15, "the refreshed set serves the new key")
+        await wait_for_async(lambda: _status(env, token(iss, RSA2, "RS256", "k-new", jti=str(time.monotonic()))) ,
+                             15, "the refreshed set serves the new key")
 
     run(t)
 
@@ -269,7 +258,7 @@ def test_jwks_cold_and_unreachable_is_503_not_401() -> None:
         assert env.backend.requests == []
         env.jwks.status = 200  # it recovers: within the cold retry interval the gateway tries again
         env.jwks.doc = {"keys": [jwk(RSA1, "k1")]}
-        await eventually(lambda: _status(env, token(iss, RSA1, "RS256", "k1", jti=str(time.monotonic()))), 10,
-                         "served once the JWKS answers")
+        await wait_for_async(lambda: _status(env, token(iss, RSA1, "RS256", "k1", jti=str(time.monotonic()))), 10,
+                             "served once the JWKS answers")
 
     run(t)

@@ -11,12 +11,14 @@ processes started through the CLI, and the echo backend as a process.
         ...
 
 Every process is stopped by pid (`stop_process`: SIGTERM, then SIGKILL after a
-deadline). Waiting is always polling with a deadline (`wait_for`).
+deadline). Waiting is always polling with a deadline (`wait_for`, and `wait_for_async` inside an event loop).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 import json
 import os
 import signal
@@ -97,7 +99,6 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float
     """Poll `pred()` every `interval` s until it returns a truthy value, and return that value.
     After `timeout` s: AssertionError naming `what` and the last value (or exception) seen."""
     deadline = time.monotonic() + timeout
-    last: Any = None
     while True:
         try:
             last = pred()
@@ -107,12 +108,35 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float
             if last:
                 return last
         if time.monotonic() >= deadline:
-            break
+            raise _not_within(timeout, what, last)
         time.sleep(interval)
+
+
+async def wait_for_async(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.02,
+                         not_yet: tuple[type[BaseException], ...] = NOT_YET) -> Any:
+    """`wait_for` inside an event loop: `check()` may return a value or an awaitable of one;
+    the loop runs between polls."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            last = check()
+            if inspect.isawaitable(last):
+                last = await last
+        except not_yet as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        if time.monotonic() >= deadline:
+            raise _not_within(timeout, what, last)
+        await asyncio.sleep(interval)
+
+
+def _not_within(timeout: float, what: str, last: Any) -> AssertionError:
     error = AssertionError(f"not within {timeout} s: {what} (last: {last!r})")
     if isinstance(last, BaseException):
-        raise error from last
-    raise error
+        error.__cause__ = last
+    return error
 
 
 def holds_for(pred: Callable[[], Any], seconds: float, what: str, interval: float = 0.05) -> None:
