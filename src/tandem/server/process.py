@@ -22,13 +22,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
-
 from tandem.config.model import Profile
-from tandem.errors import NotDurable, ServerError, StoreError
+from tandem.errors import NotDurable, StoreError
 from tandem.ha.interfaces import ControllerFactory
-from tandem.net.httpmini import REFUSAL_KINDS, Limits, MiniHTTPServer, Request, Response
 from tandem.server.client_service import ClientService, ServiceFactory
+from tandem.server.ha_port import HAPort
 from tandem.server.pidlock import PidLock
 from tandem.store import Store, open_store
 
@@ -46,21 +44,13 @@ class ServerProcess:
         self.store: Store | None = None
         self.started_at = time.time()
         self.stopping = asyncio.Event()
-        ha = profile.ha
-        self.http = MiniHTTPServer(request_timeout=60.0, limits=Limits(
-            max_connections=ha.HAMaxConnections, header_timeout=ha.HAHeaderTimeout / 1000,
-            idle_timeout=ha.HAIdleTimeout / 1000))
         self.metric_sources: list[Callable[[], bytes]] = []  # extra Prometheus text for /metrics
         self.preparing: asyncio.Task[None] | None = None  # the client service getting ready again
         self.client: ClientService = make_service(self)
         self.controller = make_controller(self)
         self.pidlock = PidLock(profile.run_dir / "server.pid")
         self._signals = 0
-        self.registry = CollectorRegistry()
-        self._g_serving = Gauge("tandem_serving", "1 while this server serves clients", registry=self.registry)
-        self._g_epoch = Gauge("tandem_ha_epoch", "current HA epoch", registry=self.registry)
-        self._g_lsn = Gauge("tandem_store_lsn", "last change in the store", registry=self.registry)
-        self._g_state = Gauge("tandem_ha_state", "1 for the current HA state", ["state"], registry=self.registry)
+        self.ha_port = HAPort(self)
 
     def __repr__(self) -> str:
         st = self.controller.status()
@@ -134,8 +124,8 @@ class ServerProcess:
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         print(f"{stamp} {line}", flush=True)
 
-    # ---- HA port ----
     def status(self) -> dict[str, Any]:
+        """`/ha/status`: this server, its HA state and its store."""
         st = self.controller.status()
         since = st.get("since") or self.started_at
         return {
@@ -157,48 +147,6 @@ class ServerProcess:
             **{k: v for k, v in st.items() if k not in {"type", "role", "state", "epoch", "peer", "lock",
                                                          "isolated", "since", "lsn"}},
         }
-
-    async def _h_status(self, req: Request) -> Response:
-        return Response.json(self.status())
-
-    async def _h_digest(self, req: Request) -> Response:
-        """Content digest of the store (equal on both halves of a pair once in sync)."""
-        store = self.store
-        if store is None:
-            return Response.json({"error": "store not open on this server"}, 409)
-        lsn, digest = await asyncio.to_thread(lambda: (store.last_lsn(), store.digest()))
-        return Response.json({"lsn": lsn, "digest": digest, "epoch": store.last_change_epoch()})
-
-    async def _h_active(self, req: Request) -> Response:
-        if self.controller.serving:
-            return Response.json({"active": True, "state": self.controller.status().get("state")})
-        return Response.json({"active": False, "state": self.controller.status().get("state")}, 503)
-
-    async def _h_metrics(self, req: Request) -> Response:
-        st = self.status()
-        self._g_serving.set(1 if st["serving"] else 0)
-        self._g_epoch.set(st["epoch"] or 0)
-        self._g_lsn.set(st["lsn"] or 0)
-        self._g_state.clear()
-        self._g_state.labels(state=str(st["state"])).set(1)
-        extra = self._ha_port_metrics()
-        for collect in self.metric_sources:
-            extra += collect()
-        return Response(200, generate_latest(self.registry) + extra, "text/plain; version=0.0.4")
-
-    def _ha_port_metrics(self) -> bytes:
-        """The HA port's own counters: open connections, refusals by reason."""
-        lines = ["# HELP tandem_ha_port_connections open connections on the HA port",
-                 "# TYPE tandem_ha_port_connections gauge",
-                 f"tandem_ha_port_connections {len(self.http.connections)}",
-                 "# HELP tandem_open_files_limit this process's soft limit on open files (raised to the hard one)",
-                 "# TYPE tandem_open_files_limit gauge",
-                 f"tandem_open_files_limit {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}",
-                 "# HELP tandem_ha_port_refused_total requests and connections the HA port refused, by reason",
-                 "# TYPE tandem_ha_port_refused_total counter"]
-        for reason in sorted(set(REFUSAL_KINDS) | set(self.http.refused)):
-            lines.append(f'tandem_ha_port_refused_total{{reason="{reason}"}} {self.http.refused[reason]}')
-        return ("\n".join(lines) + "\n").encode()
 
     # ---- lifecycle ----
     def _on_signal(self, signame: str) -> None:
@@ -233,18 +181,7 @@ class ServerProcess:
         try:
             for signame in ("SIGTERM", "SIGINT"):
                 loop.add_signal_handler(getattr(signal, signame), self._on_signal, signame)
-            self.http.route("GET", "/ha/status", self._h_status)
-            self.http.route("GET", "/ha/active", self._h_active)
-            self.http.route("GET", "/metrics", self._h_metrics)
-            self.http.route("GET", "/ha/digest", self._h_digest)
-            for (method, path), r in self.controller.routes().items():
-                self.http.route(method, path, r.handler, max_body=r.max_body, gate=r.gate)
-            srv = self.profile.server
-            try:
-                await self.http.start(srv.HAAddress, srv.HAPort)
-            except OSError as exc:
-                raise ServerError(f"{self.profile.name}: cannot open HA port {srv.HAAddress}:{srv.HAPort}: "
-                                  f"{exc.strerror or exc}") from exc
+            await self.ha_port.open(self.controller.routes())
             tasks.append(loop.create_task(self._watchdog_reporter()))
             self.console(f"SERVER  {self.profile.name} ({self.profile.mode}) pid={os.getpid()} "
                          f"status {self.profile.ha_url}/ha/status  client {self.profile.client_url}")
@@ -260,7 +197,7 @@ class ServerProcess:
         finally:
             for t in tasks:
                 t.cancel()
-            await self.http.close()
+            await self.ha_port.close()
             self.close_store()
             self.pidlock.release()
             self.console(f"SERVER  {self.profile.name} stopped")
