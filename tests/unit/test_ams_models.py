@@ -14,11 +14,11 @@ from pydantic import ValidationError
 from tandem.ams.api_errors import field_name, format_errors
 from tandem.ams.models import Project, check_context_path, check_target_url, routes_conflict
 from tandem.ams.openapi_import import project_from_openapi, slug
-from tandem.ams.policies import POLICY_MODELS, POLICY_TYPES, parse_policy
 from tandem.ams.services.consumers import check_password, hash_password
 from tandem.client import split_urls
 from tandem.client.output import print_result, table
 from tandem.model.document import build_document, canonical_json, verify_document
+from tandem.model.policies import POLICY_MODELS, POLICY_TYPES, parse_policy
 
 MINIMAL: dict[str, dict[str, Any]] = {
     "api-key": {}, "jwt": {}, "basic-auth": {}, "rate-limit": {"limit": 5}, "quota": {"limit": 1000},

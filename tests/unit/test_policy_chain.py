@@ -106,6 +106,6 @@ def test_api_key_hashes_match_the_ams() -> None:
 
 def test_protected_header_lists_match_what_the_gateway_writes() -> None:
     from tandem.ags.protocol import SKIP_REQUEST
-    from tandem.ams.policies import PROTECTED_REQUEST_HEADERS
+    from tandem.model.policies import PROTECTED_REQUEST_HEADERS
 
     assert {n.encode() for n in PROTECTED_REQUEST_HEADERS} == SKIP_REQUEST | {b"content-length"}
