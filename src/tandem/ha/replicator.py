@@ -73,10 +73,8 @@ class Replicator(Replication):
 
     @property
     def store(self) -> Store:
-        st = self.ops.store
-        if st is None:
-            raise StoreError("store not open")
-        return st
+        """The open store (StoreError when it is closed)."""
+        return self.replica.store
 
     def attach(self, store: Store) -> None:
         if self._loop is None:
