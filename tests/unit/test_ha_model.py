@@ -1,6 +1,6 @@
 """Model check of the pair: two servers, one LockFile, one clock (ms), driving the REAL `decide`. Each node
-mirrors `HAController` (start, observe, run_cycle, _act, _claim, _old_holder_gone, _release; the verify/read,
-heartbeat and cycle loops); the world is the POSIX lock owner, the LockFile record and the FAULTS below."""
+mirrors `HAController` (start, observe, run_cycle), `Actions` (act, _claim), `Holding` (claim, _gone, release;
+the verify/read, heartbeat and cycle loops); the world is the POSIX lock owner, the LockFile record and the FAULTS below."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from tandem.ha.decide import Action, Observations, decide
 from tandem.ha.states import HOLDING, SERVING, State
 
 RETRY, VERIFY, IO, TAKEOVER, HEARTBEAT, PEER_DEAD, WATCHDOG = 50, 150, 100, 300, 100, 300, 1500
-FENCE, NEVER = VERIFY + IO, -math.inf  # the self-fence deadline (controller.fence)
+FENCE, NEVER = VERIFY + IO, -math.inf  # the self-fence deadline (LockWatch.fence)
 TIE_BREAK = "secondary at start: the primary has the first try"
 Record = tuple[int, int | None, frozenset[int]]  # the LockFile record: epoch, holder, in_sync
 
@@ -65,7 +65,7 @@ class Pair:
             peer_serving_higher_epoch=peer_alive and peer_serving and peer_epoch > epoch and nd.claimed,
             store_open=nd.store_open)
 
-    def tick(self, n: int, dt: int) -> None:  # dt ms pass; node n's loops run if due (controller._every)
+    def tick(self, n: int, dt: int) -> None:  # dt ms pass; node n's loops run if due (ha/pace.every)
         self.t += dt
         for other in self.nodes:  # the supervisor's watchdog kills a stopped process
             if other.alive and other.paused_at is not None and self.t - other.paused_at > WATCHDOG:
@@ -83,7 +83,7 @@ class Pair:
                 self.cycle(nd)
         self.check()
 
-    def verify(self, nd: Node) -> None:  # controller._verify_tick + LockFile.verify / read
+    def verify(self, nd: Node) -> None:  # LockWatch (verifier thread, record reads) + LockFile.verify / read
         if self.hung:
             return  # timed out: nothing learnt, last_verified stays
         if not nd.holds and self.mode == "replicated" and nd.state not in HOLDING:  # rule 5: are we in sync?
@@ -94,7 +94,7 @@ class Pair:
             nd.lock_lost = True  # the record names someone else now
         # else: the lease is gone but the record is still ours: EIO, the check did not finish
 
-    def heartbeat(self, nd: Node) -> None:  # controller._heartbeat_tick + _h_heartbeat + _peer_news
+    def heartbeat(self, nd: Node) -> None:  # controller._heartbeat_tick + endpoints._heartbeat + controller.peer_news
         peer = self.nodes[1 - nd.name]
         if not self.heartbeats_ok or peer.paused_at is not None:
             return  # timeout
@@ -117,7 +117,7 @@ class Pair:
         nd.peer_syncing &= nd.state in SERVING  # the replicator hears on_state(): it stops streaming
         nd.passive_syncing &= nd.state not in HOLDING
 
-    def act(self, nd: Node, a: Action) -> None:  # controller._act
+    def act(self, nd: Node, a: Action) -> None:  # actions.Actions.act
         if a is Action.TRY_ACQUIRE:
             nd.next_attempt = self.t + RETRY
             if not self.hung:
@@ -130,11 +130,11 @@ class Pair:
             released, peer = nd.rec[0] if nd.claimed else None, self.nodes[1 - nd.name]
             self.release(nd)
             if released is not None and self.heartbeats_ok and peer.alive and peer.paused_at is None:
-                peer.handover, peer.hold_off_until, peer.next_attempt = released, NEVER, NEVER  # _h_takeover
+                peer.handover, peer.hold_off_until, peer.next_attempt = released, NEVER, NEVER  # controller.peer_released
         else:  # open/close the client port or the store
             setattr(nd, "client_open" if "client" in a else "store_open", a.startswith("open"))
 
-    def claim(self, nd: Node) -> None:  # controller._claim + LockFile.claim + _old_holder_gone
+    def claim(self, nd: Node) -> None:  # Actions._claim + Holding.claim + Holding._gone
         before, holder, in_sync = self.file
         if self.hung or nd.stolen:
             return self.abort(nd)
@@ -143,7 +143,7 @@ class Pair:
         epoch = max(before, nd.epoch) + 1
         self.file = nd.rec = (epoch, nd.name, frozenset({nd.name}))
         nd.claimed, nd.lock_lost, nd.last_verified, nd.acquired_at = True, False, self.t, self.t
-        # _old_holder_gone + _probe_old_holder: a refusal counts only if observed after our
+        # Holding._gone + Holding._probe_old_holder: a refusal counts only if observed after our
         # acquisition, i.e. the previous holder's process is gone *now* (a paused one still listens)
         nd.skip_wait = (nd.handover == before or (before == 0 and holder is None)
                         or (holder == 1 - nd.name and nd.heard_at > NEVER and not self.nodes[holder].alive))
@@ -152,14 +152,14 @@ class Pair:
         assert not (old.holds and old.claimed) or old.last_verified + FENCE < self.t + wait, \
             f"node {nd.name} claims at t={self.t} (skip_wait={nd.skip_wait}) while node {old.name} may serve"
 
-    def release(self, nd: Node) -> None:  # controller._release
+    def release(self, nd: Node) -> None:  # Holding.release
         self.owner = None if self.owner == nd.name else self.owner
         nd.holds = nd.stolen = nd.claimed = nd.lock_lost = nd.skip_wait = False
         nd.acquired_at, nd.next_attempt = None, self.t + RETRY
         if self.t >= nd.hold_off_until:
             nd.hold_off_until, nd.hold_off_reason = self.t + 1000, "just stepped down"
 
-    def abort(self, nd: Node) -> None:  # controller._abort_activation
+    def abort(self, nd: Node) -> None:  # a failed activation step: decided again with activation_failed
         nd.client_open, nd.store_open = False, nd.store_open and self.mode != "shared"
         self.release(nd)
         nd.hold_off_until, nd.hold_off_reason = self.t + 3000, "backing off after a failed activation"
