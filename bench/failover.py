@@ -23,9 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.support
 
-from tests.support.harness import Home, Server, Watcher, fresh_ports, port_open, wait_for  # noqa: E402
-
 from tandem.config import init_home, load_profile  # noqa: E402
+from tests.support.harness import Home, Server, Watcher, fresh_ports, port_open, wait_for  # noqa: E402
 
 PAIR = "haprofile_shared"
 

@@ -46,9 +46,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.support
 
-from tests.support.harness import Home, Server, fresh_ports, http_get, wait_for  # noqa: E402
-
 from tandem.config import init_home, set_profile_values  # noqa: E402
+from tests.support.harness import Home, Server, fresh_ports, http_get, wait_for  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from failover import pct, write_section  # noqa: E402

@@ -59,6 +59,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tandem.ags.gateway_service import KEY as CONFIG_KEY
+from tandem.ags.gateway_service import NS as NS_GATEWAY
+from tandem.ags.quota_book import NS as NS_QUOTA
+from tandem.ags.quota_book import period_window
+from tandem.ams.app_state import NS_CONSUMERS
+from tandem.config import configure_ha, init_home, load_profile, set_profile_values
+from tandem.server.pidlock import running_pid
+from tandem.store import SQLITE_FILENAME
 from tests.support.harness import (
     Home,
     echo_cmd,
@@ -69,15 +77,6 @@ from tests.support.harness import (
     stop_process,
     tandem_cmd,
 )
-
-from tandem.ags.gateway_service import KEY as CONFIG_KEY
-from tandem.ags.gateway_service import NS as NS_GATEWAY
-from tandem.ags.quota_book import NS as NS_QUOTA
-from tandem.ags.quota_book import period_window
-from tandem.ams.app_state import NS_CONSUMERS
-from tandem.config import configure_ha, init_home, load_profile, set_profile_values
-from tandem.server.pidlock import running_pid
-from tandem.store import SQLITE_FILENAME
 
 PREFIX = "tdf"
 STALE_NS = re.compile(rf"^{PREFIX}(\d+)x")

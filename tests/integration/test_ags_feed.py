@@ -13,13 +13,13 @@ from typing import Any
 import httpx
 import pytest
 import uvloop
+
+from tandem.ags.gateway_service import KEY, NS, GatewayService
+from tandem.store import Op
 from tests.support.ags import FeedServer, make_document, project, send_and_read
 from tests.support.echo import EchoServer
 from tests.support.harness import free_port, wait_for_async
 from tests.support.host import HostStandIn
-
-from tandem.ags.gateway_service import KEY, NS, GatewayService
-from tandem.store import Op
 
 
 class Env:

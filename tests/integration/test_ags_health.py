@@ -7,14 +7,14 @@ import json
 from typing import Any
 
 import pytest
-from tests.support.ags import make_document, project, run_gateway, send_and_read
-from tests.support.echo import EchoServer
-from tests.support.harness import wait_for_async
 
 from tandem.ags.balancer import Target
 from tandem.ags.compiled_config import ConfigRejected, validate_document
 from tandem.ags.gateway import Gateway
 from tandem.ags.health import Check, HealthState, record
+from tests.support.ags import make_document, project, run_gateway, send_and_read
+from tests.support.echo import EchoServer
+from tests.support.harness import wait_for_async
 
 
 class Switchable:

@@ -12,12 +12,11 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
+from tandem.ags.compiled_config import validate_document
+from tandem.ags.gateway import Gateway
 from tests.support.ags import make_document, project, run_gateway, send_and_read
 from tests.support.echo import EchoServer
 from tests.support.harness import free_port
-
-from tandem.ags.compiled_config import validate_document
-from tandem.ags.gateway import Gateway
 
 GET = b"GET %s HTTP/1.1\r\nHost: api.test\r\n\r\n"
 

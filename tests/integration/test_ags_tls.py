@@ -14,13 +14,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from tests.support.ags import make_document, project, send_and_read
-from tests.support.echo import EchoProtocol, EchoServer
 
 from tandem.ags.compiled_config import validate_document
 from tandem.ags.gateway import Gateway
 from tandem.ags.settings import GatewaySettings
 from tandem.net.sockets import listen_socket
+from tests.support.ags import make_document, project, send_and_read
+from tests.support.echo import EchoProtocol, EchoServer
 
 
 def _ca_and_cert(folder: Path) -> tuple[Path, Path, Path]:

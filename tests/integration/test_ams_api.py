@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from openapi_spec_validator import validate
+
 from tests.support.ams import InProcessAms
 
 PROJECT: dict[str, Any] = {

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.support.ams import InProcessAms
-from tests.support.harness import free_port
 
 from tandem.client import Client, ClientError, HTTPStatusError, Unreachable
+from tests.support.ams import InProcessAms
+from tests.support.harness import free_port
 
 PROJECT = {"name": "pets", "context_path": "/pets", "targets": [{"url": "http://127.0.0.1:9000"}]}
 

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.support.ams import InProcessAms
-from tests.support.harness import wait_for
 
 from tandem.ams.services import deployments as deployments_module
 from tandem.model.document import verify_document
 from tandem.store import Op
+from tests.support.ams import InProcessAms
+from tests.support.harness import wait_for
 
 PROJECT = {"name": "pets", "context_path": "/pets", "targets": [{"url": "http://127.0.0.1:9000"}]}
 FEED = "/api/v1/gateway/config"

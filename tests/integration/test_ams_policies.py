@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 import uvloop
+
 from tests.support.ags import send_and_read
 from tests.support.ams import InProcessAms
 from tests.support.echo import EchoServer

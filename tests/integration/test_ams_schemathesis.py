@@ -30,6 +30,7 @@ except ImportError:  # pragma: no cover - the dependency is declared in the dev 
 
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
+
 from tests.support.ams import InProcessAms
 
 EXAMPLES = 12

@@ -9,13 +9,12 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tests.support.ags import make_document, project, run_gateway, send_and_read
-from tests.support.echo import EchoServer
-from tests.support.harness import free_port
-
 from tandem.ags.compiled_config import validate_document
 from tandem.ags.gateway import Gateway
 from tandem.passwords import hash_password
+from tests.support.ags import make_document, project, run_gateway, send_and_read
+from tests.support.echo import EchoServer
+from tests.support.harness import free_port
 
 KEY = "tk_secret-key-1"
 CONSUMERS = [

@@ -11,13 +11,13 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import uvloop
-from tests.support.ags import make_document, project, send_and_read
-from tests.support.harness import wait_for_async
 
 from tandem.ags.compiled_config import validate_document
 from tandem.ags.gateway import Gateway
 from tandem.ags.settings import GatewaySettings
 from tandem.net.sockets import listen_socket
+from tests.support.ags import make_document, project, send_and_read
+from tests.support.harness import wait_for_async
 
 
 class Backend:

@@ -12,9 +12,6 @@ import jwt as pyjwt
 import uvloop
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from tests.support.ags import make_document, project, send_and_read
-from tests.support.echo import EchoServer
-from tests.support.harness import free_port, wait_for_async
 
 from tandem.ags.compiled_config import validate_document
 from tandem.ags.gateway import Gateway
@@ -22,6 +19,9 @@ from tandem.ags.policies.jwt import Jwks
 from tandem.ags.settings import GatewaySettings
 from tandem.net.httpmini import MiniHTTPServer, Request, Response
 from tandem.net.sockets import listen_socket
+from tests.support.ags import make_document, project, send_and_read
+from tests.support.echo import EchoServer
+from tests.support.harness import free_port, wait_for_async
 
 SECRET = "integration-secret-" * 4
 RSA1 = rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -13,15 +13,15 @@ from typing import Any
 
 import pytest
 import uvloop
-from tests.support.ags import make_document, project, send_and_read
-from tests.support.echo import EchoServer
-from tests.support.harness import free_port
-from tests.support.host import HostStandIn
 
 from tandem.ags.gateway_service import KEY, NS, GatewayService
 from tandem.ags.quota_book import NS as QUOTA_NS
 from tandem.ags.settings import settings_from_profile
 from tandem.store import Op
+from tests.support.ags import make_document, project, send_and_read
+from tests.support.echo import EchoServer
+from tests.support.harness import free_port
+from tests.support.host import HostStandIn
 
 KEYS = {"ann": "tk_ann-secret", "bob": "tk_bob-secret"}
 CONSUMERS = [{"name": n, "keys": [{"id": f"k-{n}", "sha256": hashlib.sha256(k.encode()).hexdigest()}]}

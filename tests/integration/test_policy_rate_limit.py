@@ -24,14 +24,14 @@ from typing import Any
 import pytest
 import redis
 import uvloop
-from tests.support.ags import make_document, project
-from tests.support.echo import EchoServer
-from tests.support.harness import free_port, wait_for_async
 
 from tandem.ags.compiled_config import validate_document
 from tandem.ags.gateway import Gateway
 from tandem.ags.settings import GatewaySettings
 from tandem.net.sockets import listen_socket
+from tests.support.ags import make_document, project
+from tests.support.echo import EchoServer
+from tests.support.harness import free_port, wait_for_async
 
 REDIS_URL = os.environ.get("TANDEM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 HOUR = 3600

@@ -22,10 +22,9 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
-from tests.support.harness import free_port
-
 from tandem.model.document import document_digest as canonical_digest
 from tandem.net.httpmini import MiniHTTPServer, Request, Response
+from tests.support.harness import free_port
 
 
 def project(name: str, context_path: str, *urls: str, **extra: Any) -> dict[str, Any]:
@@ -219,11 +218,11 @@ def run_gateway(test: Callable[[Any, int, list[Any], list[str]], Any], backends:
     import dataclasses
 
     import uvloop
-    from tests.support.echo import EchoServer
 
     from tandem.ags.gateway import Gateway
     from tandem.ags.settings import GatewaySettings
     from tandem.net.sockets import listen_socket
+    from tests.support.echo import EchoServer
 
     async def main() -> None:
         echoes = [EchoServer(f"b{i}") for i in range(backends)]

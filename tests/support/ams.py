@@ -21,10 +21,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tandem.store import Store
 from tests.support.harness import free_port
 from tests.support.host import HostStandIn
-
-from tandem.store import Store
 
 
 class InProcessAms:

@@ -6,6 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tandem.config import init_home
 from tests.support.harness import (  # noqa: F401  (re-exported for the test modules)
     Home,
     Server,
@@ -20,8 +22,6 @@ from tests.support.harness import (  # noqa: F401  (re-exported for the test mod
     tandem_cmd,
     wait_for,
 )
-
-from tandem.config import init_home
 
 
 @pytest.fixture(scope="module")

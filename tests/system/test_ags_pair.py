@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import httpx
+
 from tests.support.harness import Home, Watcher, echo_backend, wait_for
 
 TOKEN = "test-admin-token-ags-pair"
@@ -73,9 +74,8 @@ def test_passive_gateway_keeps_warm_workers_that_listen_only_once_active(home: H
     """A passive AGS with Workers = 2 has its worker processes started (imported, waiting)
     but its client port refuses connections; on failover the new active puts those very
     workers to work instead of starting Python twice."""
-    from tests.support.harness import port_open
-
     from tandem.config import set_profile_values
+    from tests.support.harness import port_open
 
     for half in ("primary", "secondary"):
         set_profile_values(home.path, f"haprofile1/{half}/AGS", ["gateway.Workers=2"])

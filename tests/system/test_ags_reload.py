@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+
 from tests.support.harness import CliCluster, echo_backend, wait_for
 
 PROJECTS = 5000

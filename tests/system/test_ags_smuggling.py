@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tests.support.ags import send_and_read
 from tests.support.harness import CliCluster, holds_for, logged_requests, wait_for
 

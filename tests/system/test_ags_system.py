@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from tests.support.ags import FeedServer, raw_request
 from tests.support.harness import CliCluster, free_port, logged_requests, wait_for
 

@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 import httpx
+
 from tests.support.harness import Home, Server, http_get, wait_for
 
 PAIR = "haprofile1"

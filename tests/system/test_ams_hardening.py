@@ -18,9 +18,9 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.support.harness import Home, Server, fresh_ports, http_get, wait_for
 
 from tandem.config import init_home, set_profile_values
+from tests.support.harness import Home, Server, fresh_ports, http_get, wait_for
 
 HEADER_TIMEOUT = 2.0  # s (AdminHeaderTimeout below)
 IDLE_TIMEOUT = 2.0  # s (AdminIdleTimeout)

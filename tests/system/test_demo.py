@@ -9,9 +9,9 @@ import subprocess
 import time
 
 import httpx
-from tests.support.harness import Home, tandem_cmd, wait_for
 
 from tandem.server.pidlock import running_pid
+from tests.support.harness import Home, tandem_cmd, wait_for
 
 
 def test_demo_up_serves_and_ctrl_c_stops_everything(home: Home) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from tests.support.ags import raw_request
 from tests.support.harness import CliCluster, logged_requests, wait_for
 

@@ -15,10 +15,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from tests.support.harness import Home, Server, Watcher, holds_for, http_get, wait_for
 
 from tandem.config import load_profile, set_profile_values
 from tandem.ha.backchannel import AUTH_HEADER, sign_request
+from tests.support.harness import Home, Server, Watcher, holds_for, http_get, wait_for
 
 PAIR = "haprofile1"
 ENV = {"TANDEM_ADMIN_TOKEN": "test-admin-token-hostile"}

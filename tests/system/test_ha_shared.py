@@ -12,10 +12,10 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
-from tests.support.harness import Home, Server, Watcher, http_get, port_open, run_cli, wait_for
 
 from tandem.config import set_profile_values
 from tandem.server.pidlock import running_pid
+from tests.support.harness import Home, Server, Watcher, http_get, port_open, run_cli, wait_for
 
 PAIR = "haprofile_shared"
 

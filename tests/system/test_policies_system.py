@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from tests.support.harness import CliCluster, free_port, logged_requests, wait_for
 
 

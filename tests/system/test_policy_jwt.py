@@ -11,6 +11,7 @@ from typing import Any
 import jwt as pyjwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
 from tests.support.harness import CliCluster, echo_backend, logged_requests, wait_for
 
 SECRET = "system-test-secret-0123456789abcdef"

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
 from tests.support.harness import CliCluster, Home, echo_backend, logged_requests, wait_for
 
 TOKEN = "test-admin-token-quota-pair"

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+
 from tests.support.harness import CliCluster, logged_requests
 
 REDIS_URL = os.environ.get("TANDEM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from tests.support.harness import CliCluster, echo_backend, logged_requests, wait_for
 
 REDIS_URL = os.environ.get("TANDEM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.support.harness import Home, Server, Watcher, http_get, run_cli, wait_for
 
 from tandem.config import load_profile, set_profile_values
 from tandem.ha.backchannel import AUTH_HEADER, sign_request
 from tandem.store import SqliteStore
+from tests.support.harness import Home, Server, Watcher, http_get, run_cli, wait_for
 
 PAIR = "haprofile1"
 TOKEN = "test-admin-token-replication"

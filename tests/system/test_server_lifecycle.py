@@ -9,9 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.support.harness import Home, http_get, port_open, run_cli, wait_for
-
 from tandem.server.pidlock import running_pid
+from tests.support.harness import Home, http_get, port_open, run_cli, wait_for
 
 SPEC_FIELDS = {"server", "mode", "type", "role", "state", "epoch", "lsn", "peer", "lock", "isolated", "since"}
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.support.harness import Home, fresh_ports, http_get, wait_for
 
 from tandem.config import init_home
+from tests.support.harness import Home, fresh_ports, http_get, wait_for
 
 
 @pytest.fixture

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from tests.support.ags import make_document, project
 
 from tandem.ags.compiled_config import ConfigRejected, compile_config, validate_document
+from tests.support.ags import make_document, project
 
 
 def _doc(**changes: object) -> dict:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 
 import pytest
-from tests.support.ags import make_document, project
 
 from tandem.ags.compiled_config import compile_config
 from tandem.ags.router import context_key, normalize_path, split_host
+from tests.support.ags import make_document, project
 
 
 def _router(*projects: dict):  # type: ignore[no-untyped-def]

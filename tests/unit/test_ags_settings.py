@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.support.host import HostStandIn
 
 from tandem.ags.settings import GatewaySettings, settings_from_profile
 from tandem.errors import ConfigError
+from tests.support.host import HostStandIn
 
 
 def test_defaults_and_overrides(tmp_path: Path) -> None:

@@ -6,11 +6,11 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from tests.support.host import HostStandIn
 
 from tandem.ags.metrics import Metrics, merge, render
 from tandem.ags.settings import settings_from_profile
 from tandem.errors import ConfigError
+from tests.support.host import HostStandIn
 
 
 def test_profile_keys_in_milliseconds_become_seconds(tmp_path: Path) -> None:

@@ -6,13 +6,13 @@ import hashlib
 import ipaddress
 
 import pytest
-from tests.support.ags import project
 
 from tandem.ags.policies import Consumers, Services, compile_chain
 from tandem.ags.policies.api_key import query_value, query_without
 from tandem.ags.policies.base import RequestEdit
 from tandem.ags.policies.chain import edit_response, split_lines
 from tandem.ags.policies.ip_filter import client_address, networks, parse_ip
+from tests.support.ags import project
 
 
 def _chain(*policies: dict[str, object]):  # type: ignore[no-untyped-def]

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.support.ags import StepExchange
 
 from tandem.ags.policies import Consumers, Services, compile_chain
 from tandem.ags.policies.base import Answer
@@ -30,6 +29,7 @@ from tandem.ags.quota_book import (
     period_window,
 )
 from tandem.store import Op, Store, open_store
+from tests.support.ags import StepExchange
 
 
 def ts(*ymdhms: int) -> float:

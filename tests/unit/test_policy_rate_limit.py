@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from tests.support.ags import StepExchange
 
 from tandem.ags.policies import Consumers, Services, compile_chain
 from tandem.ags.policies.base import Answer
 from tandem.ags.policies.chain import Context
 from tandem.ags.policies.rate_limit import RateLimitStep, WindowCounts, build, window_of
 from tandem.ags.policies.redis_counter import RedisCounter, ReplyError, command, parse, parse_url
+from tests.support.ags import StepExchange
 
 Ex = StepExchange
 

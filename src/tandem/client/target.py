@@ -13,9 +13,9 @@ import contextlib
 import os
 from pathlib import Path
 
-from tandem.config.tokenfile import admin_token_path
 from tandem.client.http import Client, ClientError
 from tandem.config import Profile, list_profiles, load_profile, resolve_profile_name
+from tandem.config.tokenfile import admin_token_path
 from tandem.errors import ConfigError, UnknownProfile, UsageError
 
 ENV_TOKEN = "TANDEM_TOKEN"
