@@ -96,6 +96,9 @@ class Balancer:
         self.i = 0
 
     def pick(self, now: float, tried: Container[Target] = ()) -> Target | None:
+        """The next target in the cycle that is up and not in `tried`; when none is: None after a failed
+        try, else the next one anyway. (Its one-target case has an inlined copy in Exchange.start:
+        tests/unit/test_inlined_copies.py runs both.)"""
         cycle = self.cycle
         n = len(cycle)
         if n == 0:

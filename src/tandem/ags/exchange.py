@@ -30,7 +30,7 @@ from tandem.ags.accesslog import NULL
 from tandem.ags.balancer import Balancer, Target
 from tandem.ags.error_responses import error_body, error_response, http_date
 from tandem.ags.metrics import BUCKETS
-from tandem.ags.upstream import INF, PoolBusy
+from tandem.ags.upstream import PoolBusy
 
 if TYPE_CHECKING:
     from tandem.ags.protocol import ClientProtocol
@@ -83,13 +83,14 @@ class Exchange:
     attempts = 0  # upstream attempts made for the retry policy
 
     def __init__(self, cp: ClientProtocol, method: bytes, rid: bytes, t0: float) -> None:
-        # (the client protocol does this inline, with object.__new__: keep both in step)
+        """(Has an inlined copy in ClientProtocol.on_headers_complete, made with object.__new__:
+        tests/unit/test_inlined_copies.py runs both.)"""
         self.cp, self.method, self.rid, self.t0 = cp, method, rid, t0
         self.uout: list[bytes] = []  # upstream-bound bytes waiting for a connection or a flush
 
     def __repr__(self) -> str:
         return (f"<Exchange {self.method!r} {self.path!r} rid={self.rid!r} project="
-                f"{getattr(self.project, 'name', None)} status={self.status} done={self.done}>")
+                f"{self.project.name if self.project is not None else None} status={self.status} done={self.done}>")
 
     # ---- request side ----
     def start(self, now: float, t: float) -> None:
@@ -113,7 +114,8 @@ class Exchange:
                 self.apply_edit()
         self.read_timeout = timeout = p.read_timeout
         cycle = p.balancer.cycle
-        if len(cycle) == 1 and cycle[0].down_until <= now:  # one target, up: Balancer.pick, inlined
+        # inlined: Balancer.pick (tests/unit/test_inlined_copies.py)
+        if len(cycle) == 1 and cycle[0].down_until <= now:  # one target, up
             target = cycle[0]
         else:
             target = p.balancer.pick(now)
@@ -121,31 +123,27 @@ class Exchange:
             self.fail(502, "upstream_unavailable", "no target with a weight above 0")
             return
         self.target = target
-        pool = target.pool
-        idle = pool.idle
-        if idle:  # the common case, inlined: a pooled keep-alive connection, the head written at once
-            conn = idle.pop()
-            if conn.alive:
-                conn.reused = True
-                pool.busy.add(conn)
-                conn.ex = self
-                conn.got_data = False
-                self.conn = conn
-                conn.deadline = now + timeout
-                self.t_up = t
-                self.upstream_addr = target.log_name
-                rest = self.rest
-                head = b"".join([self.method, b" ", target.join_base + rest if rest else target.base_path or b"/",
-                                 self.query, target.line_tail, *self.hparts])
-                uout = self.uout
-                if uout:
-                    uout.insert(0, head)
-                else:
-                    conn.transport.write(head)
-                if self.cp.write_paused:  # the client still has not taken the previous response
-                    self.hold_upstream(conn)
-                return
-        self.use(target)
+        conn = target.pool.take()
+        if conn is not None:  # the common case: a pooled keep-alive connection, the head written at once
+            # inlined: Exchange.attach (tests/unit/test_inlined_copies.py)
+            conn.ex = self
+            conn.got_data = False
+            self.conn = conn
+            conn.deadline = now + timeout
+            self.t_up = t
+            self.upstream_addr = target.log_name
+            rest = self.rest
+            head = b"".join([self.method, b" ", target.join_base + rest if rest else target.base_path or b"/",
+                             self.query, target.line_tail, *self.hparts])
+            uout = self.uout
+            if uout:
+                uout.insert(0, head)
+            else:
+                conn.transport.write(head)
+            if self.cp.write_paused:  # the client still has not taken the previous response
+                self.hold_upstream(conn)
+            return
+        self.cp.loop.create_task(self.connect(target))  # (no idle connection: what use() would do)
 
     def admit(self, later: bool) -> None:
         """The policy chain passed the request: apply its header edits and send it upstream."""
@@ -266,6 +264,8 @@ class Exchange:
         self.flush_up()
 
     def attach(self, conn: UpstreamConnection) -> None:
+        """Send the request on `conn` (its head first, then what `uout` holds, at the next flush). (Has an
+        inlined copy in start(), with the clock values read there: tests/unit/test_inlined_copies.py runs both.)"""
         target = self.target
         assert target is not None
         conn.ex = self
@@ -336,7 +336,8 @@ class Exchange:
                 if parts is None:  # dropped: the retry policy sends the request again
                     return False
                 plain = self.capture is None
-            elif self.resp_extra is not None:  # only header lines to add (Chain.on_response, inlined)
+            # inlined: Chain.on_response (tests/unit/test_inlined_copies.py)
+            elif self.resp_extra is not None:  # (no retry, cache or response edit: only header lines to add)
                 parts += self.resp_extra
         clen = has_length
         if self.is_head or status == 204 or status == 304:
@@ -374,16 +375,7 @@ class Exchange:
         self.conn = None
         pool = conn.pool
         if reusable and self.req_complete and not self.done:
-            idle = pool.idle
-            if (conn.reading and conn.paused_client is None and conn.alive and not pool.waiters
-                    and not pool.closed and len(idle) < pool.keepalive):  # Pool.release, inlined
-                conn.ex = None
-                conn.deadline = INF
-                pool.busy.discard(conn)
-                conn.idle_since = pool.now
-                idle.append(conn)
-            else:
-                pool.release(conn)
+            pool.release(conn)
         else:
             pool.discard(conn)
         if self.done:
@@ -393,7 +385,8 @@ class Exchange:
         cp = self.cp
         if self.resp_chunked:
             cp.out.append(b"0\r\n\r\n")
-        # finish(), inlined for the common case (a project, an upstream time)
+        # inlined: Exchange.finish (tests/unit/test_inlined_copies.py)
+        # (its common case: a project, an upstream time, no abort)
         self.done = True
         now = perf_counter()
         took = now - self.t0
@@ -401,6 +394,7 @@ class Exchange:
         p = self.project
         st = p.stats
         status = self.status
+        # inlined: ProjectStats.record (tests/unit/test_inlined_copies.py)
         st.classes[status // 100 if status < 600 else 5] += 1
         i = bisect_left(BUCKETS, took)
         st.lat[i] += 1
@@ -419,8 +413,8 @@ class Exchange:
         if not self.keep_alive or not self.req_complete or cp.cur is not self or cp.closing or cp.advancing or cp.queue:
             cp.exchange_done(self, not self.keep_alive or not self.req_complete)
             return
-        # ClientProtocol.exchange_done, inlined for the common case: a kept-alive connection, nothing queued
-        # (`closing` is also set when the connection is closed)
+        # inlined: ClientProtocol.exchange_done (tests/unit/test_inlined_copies.py)
+        # (its common case: a kept-alive connection, nothing queued; `closing` is also set when it is closed)
         cp.cur = None
         cp.idle_t = pool.now  # the sweeper's clock (at most 250 ms behind): the keep-alive deadline's start
         out = cp.out
@@ -507,6 +501,8 @@ class Exchange:
             self.finish(True, aborted="client closed the connection")
 
     def finish(self, close: bool, aborted: str | None = None) -> None:
+        """Count and log the answered request, then hand the connection back (`exchange_done`). (Has an
+        inlined copy of its common case in on_end: tests/unit/test_inlined_copies.py runs both.)"""
         self.done = True
         cp = self.cp
         gw = cp.gw
@@ -516,12 +512,7 @@ class Exchange:
         p = self.project
         st = p.stats if p is not None else gw.unrouted
         status = self.status
-        st.classes[status // 100 if status < 600 else 5] += 1  # metrics.ProjectStats.record, inlined
-        st.lat[bisect_left(BUCKETS, took)] += 1
-        st.lat_sum += took
-        if up is not None:
-            st.up[bisect_left(BUCKETS, up)] += 1
-            st.up_sum += up
+        st.record(status, took, up)
         if gw.accesslog is not None:
             gw.accesslog.write(self.rid, cp.ip, self.method, self.path + self.query, self.host, status,
                                p.log_name if p is not None else NULL, self.upstream_addr, took, up)

@@ -52,6 +52,8 @@ class ProjectStats:
         errors[code] = errors.get(code, 0) + 1
 
     def record(self, status: int, seconds: float, upstream_seconds: float | None) -> None:
+        """One answered request: its status class, its latency and upstream time. (Has an inlined copy in
+        Exchange.on_end: tests/unit/test_inlined_copies.py runs both.)"""
         self.classes[status // 100 if status < 600 else 5] += 1
         self.lat[bisect_left(BUCKETS, seconds)] += 1
         self.lat_sum += seconds

@@ -245,7 +245,8 @@ class ClientProtocol(asyncio.Protocol):
         method = parser.get_method()
         if method == b"TRACE" and not self.limits.allow_trace:
             raise Reject(405, "method_not_allowed", "TRACE is not allowed on this gateway")
-        ex = _new_exchange(Exchange)  # Exchange.__init__, inlined (no Python call)
+        # inlined: Exchange.__init__ (tests/unit/test_inlined_copies.py)
+        ex = _new_exchange(Exchange)  # (no Python call)
         ex.cp, ex.method, ex.rid, ex.t0, ex.uout = self, method, rid, perf_counter(), []
         ex.host = host
         self.parsing = ex
@@ -299,7 +300,8 @@ class ClientProtocol(asyncio.Protocol):
             ex.chunked = ex.has_body = has_body = True
             parts.append(b"Transfer-Encoding: chunked\r\n")
         router = gw.config.router
-        if router.depth == 1:  # Router.match's first probe, inlined
+        # inlined: Router.match (tests/unit/test_inlined_copies.py)
+        if router.depth == 1:  # its first probe: the project of a one-segment context path
             i = path.find(b"/", 1)
             route = router.plain.get(path[:i] if i > 0 else path)
             if route is None:
@@ -377,7 +379,8 @@ class ClientProtocol(asyncio.Protocol):
             out.clear()
 
     def exchange_done(self, ex: Exchange, close: bool) -> None:
-        """An exchange finished its response; start the next one, or close."""
+        """An exchange finished its response; start the next one, or close. (Has an inlined copy of its
+        common case in Exchange.on_end: tests/unit/test_inlined_copies.py runs both.)"""
         if ex is not self.cur or self.closed:
             return
         if close:

@@ -222,6 +222,7 @@ class Pool:
         return len(self.idle) + len(self.busy) + self.opening
 
     def take(self) -> UpstreamConnection | None:
+        """An idle connection that is still open, now busy (the most recently released first), or None."""
         idle = self.idle
         while idle:
             conn = idle.pop()
@@ -261,6 +262,13 @@ class Pool:
         """The exchange is done with a connection that may carry another request."""
         conn.ex = None
         conn.deadline = INF
+        idle = self.idle
+        if (conn.reading and conn.paused_client is None and conn.alive and not self.waiters and not self.closed
+                and len(idle) < self.keepalive):  # the common case: nothing to resume, straight back to idle
+            self.busy.discard(conn)
+            conn.idle_since = self.now
+            idle.append(conn)
+            return
         if conn.paused_client is not None:
             conn.unpause_client()
         if not conn.reading and conn.transport is not None:

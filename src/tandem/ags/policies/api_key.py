@@ -28,7 +28,8 @@ CONSUMER_HEADER = b"X-Consumer-Name"
 
 
 def identified(ex: Exchange, consumer: str) -> None:
-    """An auth step identified `consumer`: remember it and tell the backend."""
+    """An auth step identified `consumer`: remember it and tell the backend. (Has an inlined copy in
+    ApiKeyStep.request: tests/unit/test_inlined_copies.py runs both.)"""
     ex.consumer = consumer
     # (added, not set: a client's own X-Consumer-Name is never forwarded, see protocol.SKIP_REQUEST)
     add_upstream_header(ex, CONSUMER_HEADER, consumer.encode("utf-8"))
@@ -58,8 +59,8 @@ class ApiKeyStep(Step):
         self.known: dict[bytes, tuple[str, bytes]] = {}
 
     def request(self, ex: Exchange) -> Answer | None:
-        # per request: request_header, drop_upstream_header and identified (base.py), inlined
         lheader = self.lheader
+        # inlined: base.request_header (tests/unit/test_inlined_copies.py)
         key = None
         for name, value in ex.req_headers:
             if name.lower() == lheader:
@@ -86,14 +87,15 @@ class ApiKeyStep(Step):
             if from_query:
                 edit(ex).query = query_without(ex.query, self.query_param)  # type: ignore[arg-type]
             else:
+                # inlined: base.drop_upstream_header (tests/unit/test_inlined_copies.py)
                 i = n - 4
                 while i >= 0:
                     if parts[i].lower() == lheader:
                         del parts[i:i + 4]
                         n -= 4
                     i -= 4
-        ex.consumer = known[0]
-        # (added, not set: a client's own X-Consumer-Name is never forwarded, see protocol.SKIP_REQUEST)
+        # inlined: api_key.identified (tests/unit/test_inlined_copies.py)
+        ex.consumer = known[0]  # (with the name encoded once, when the key was first seen)
         parts[n:n] = (CONSUMER_HEADER, b": ", known[1], b"\r\n")
         ex.nhead = n + 4
         return None

@@ -69,7 +69,8 @@ class Step:
 
 
 def request_header(ex: Exchange, lname: bytes) -> bytes | None:
-    """The first value of request header `lname` (lower-case), as received."""
+    """The first value of request header `lname` (lower-case), as received. (Has an inlined copy in
+    ApiKeyStep.request: tests/unit/test_inlined_copies.py runs both.)"""
     for name, value in ex.req_headers:
         if name.lower() == lname:
             return value
@@ -88,7 +89,8 @@ def add_upstream_header(ex: Exchange, name: bytes, value: bytes) -> None:
 
 
 def drop_upstream_header(ex: Exchange, lname: bytes) -> None:
-    """Remove every `lname` (lower-case) line from what the backend receives (in place)."""
+    """Remove every `lname` (lower-case) line from what the backend receives (in place). (Has an inlined
+    copy in ApiKeyStep.request: tests/unit/test_inlined_copies.py runs both.)"""
     parts = ex.hparts
     i = ex.nhead - 4
     while i >= 0:

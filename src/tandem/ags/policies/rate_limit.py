@@ -119,13 +119,8 @@ class RateLimitStep(Step):
             n = counts.get(subject, 0) + 1
             counts[subject] = n
         limit = self.limit
-        if self.headers:  # add_response_header, inlined
-            line = self.line % (limit - n if n < limit else 0, (index + 1) * length - t)
-            extra = ex.resp_extra
-            if extra is None:
-                ex.resp_extra = [line]
-            else:
-                extra.append(line)
+        if self.headers:
+            add_response_header(ex, self.line % (limit - n if n < limit else 0, (index + 1) * length - t))
         if n <= limit:
             return None
         return Answer(429, "rate_limited", self.message, [b"Retry-After: %d\r\n" % ((index + 1) * length - t)])
