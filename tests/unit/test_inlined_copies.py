@@ -299,7 +299,7 @@ def test_exchange_attach_copy(case: int, target_url: str, clock: list[float]) ->
             connecting: list[Any] = []
             with pytest.MonkeyPatch.context() as mp:
                 if by_method:  # no idle connection when start() looks: the exchange connects, then attach() runs
-                    mp.setattr(rig.loop, "create_task", lambda coro: connecting.append(coro) or coro.close())
+                    mp.setattr(rig.loop, "create_task", lambda coro, seen=connecting: seen.append(coro) or coro.close())
                     mp.setattr(pool, "take", lambda: None)
                 rig.cp.data_received(ATTACH_REQUESTS[case])
             ex = rig.cp.cur
