@@ -10,7 +10,9 @@ both to a generic `ServerProcess`. Nothing below this module imports it;
 from __future__ import annotations
 
 from tandem.config.model import Profile
-from tandem.ha.interfaces import Controller, ControllerFactory, ServerOps
+from tandem.ha.controller import HAController
+from tandem.ha.interfaces import ControllerFactory
+from tandem.ha.standalone import StandaloneController
 from tandem.server.client_service import ServiceFactory
 from tandem.server.process import ServerProcess, run_server
 
@@ -27,18 +29,9 @@ def service_factory(mode: str) -> ServiceFactory:
 
 
 def controller_factory(profile: Profile) -> ControllerFactory:
-    """The HA controller for the profile's `[ha] Type`."""
-    if profile.ha.Type == "none":
-        from tandem.ha.standalone import StandaloneController
-
-        return StandaloneController
-
-    def make(ops: ServerOps) -> Controller:
-        from tandem.ha.controller import HAController  # replication comes with it in replicated mode
-
-        return HAController(ops)
-
-    return make
+    """The HA controller for the profile's `[ha] Type` (HAController makes its own
+    replicator in replicated mode)."""
+    return StandaloneController if profile.ha.Type == "none" else HAController
 
 
 def build_server(profile: Profile, db_location: str | None = None) -> ServerProcess:

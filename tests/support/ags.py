@@ -35,6 +35,48 @@ def project(name: str, context_path: str, *urls: str, **extra: Any) -> dict[str,
     return p
 
 
+class SinkTransport:
+    """An asyncio transport on no socket: keeps what is written (`data`), never blocks, never
+    closes. The gateway's protocol objects run on it in-process. (bench/gateway_instructions.py keeps
+    a transport of its own that only counts: its cost is part of what that benchmark measures.)"""
+
+    peer = ("10.0.0.7", 40000)
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def writelines(self, parts: list[bytes]) -> None:
+        for p in parts:
+            self.write(p)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.peer if name == "peername" else default
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
 def make_document(projects: list[dict[str, Any]], revision: int = 1, environment: str = "default",
                   consumers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     doc: dict[str, Any] = {"environment": environment, "revision": revision,

@@ -31,6 +31,7 @@ from tandem.ags.protocol import ClientProtocol
 from tandem.ags.router import split_host
 from tandem.ags.settings import GatewaySettings
 from tandem.ags.upstream import UpstreamConnection
+from tests.support.ags import SinkTransport, project
 
 AGS = Path(__file__).resolve().parents[2] / "src" / "tandem" / "ags"
 MARKER = re.compile(r"# inlined: (?P<pair>\w+\.\w+) \(tests/unit/test_inlined_copies\.py\)")
@@ -51,50 +52,6 @@ COVERED = {
 
 
 # ---- a gateway on fake transports (nothing is sent: the loop never runs) ----
-class Sink:
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    def writelines(self, parts: list[bytes]) -> None:
-        for p in parts:
-            self.data += p
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("10.0.0.7", 40000) if name == "peername" else default
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def is_closing(self) -> bool:
-        return False
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-
-def raw_project(name: str, context: str, *urls: str, **extra: Any) -> dict[str, Any]:
-    p: dict[str, Any] = {"name": name, "version": "1", "context_path": context,
-                         "targets": [{"url": u, "weight": 1} for u in urls], "hosts": [], "methods": [],
-                         "resources": [], "policies": []}
-    p.update(extra)
-    return p
-
-
 class Rig:
     """A gateway, one client connection and one idle upstream connection per target."""
 
@@ -108,10 +65,10 @@ class Rig:
         for p in self.gw.config.projects.values():
             for t in p.balancer.targets:
                 up = UpstreamConnection(t.pool)
-                up.connection_made(Sink())
+                up.connection_made(SinkTransport())
                 t.pool.release(up)
                 self.ups.append(up)
-        self.client = Sink()
+        self.client = SinkTransport()
         self.cp = ClientProtocol(self.gw)
         self.cp.connection_made(self.client)
 
@@ -189,7 +146,7 @@ def test_the_pool_keeps_its_lists() -> None:
     b"DELETE /api1/x HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n",
 ])
 def test_exchange_init_copy(request_head: bytes) -> None:
-    rig = Rig([raw_project("p0", "/api0", "http://127.0.0.1:9/"), raw_project("p1", "/api1", "http://127.0.0.1:9/")])
+    rig = Rig([project("p0", "/api0", "http://127.0.0.1:9/"), project("p1", "/api1", "http://127.0.0.1:9/")])
     try:
         busy = Exchange(rig.cp, b"GET", b"busy", 0.0)
         rig.cp.cur = busy  # the new exchange is queued as the copy made it, not started
@@ -207,12 +164,12 @@ def test_exchange_init_copy(request_head: bytes) -> None:
 
 # ---- Router.match's first probe (protocol.on_headers_complete) ----
 ROUTER_CONFIGS = [
-    [raw_project("p0", "/api0", "http://h/"), raw_project("p1", "/api1", "http://h/"),
-     raw_project("root", "/", "http://h/")],
-    [raw_project("p0", "/api0", "http://h/"), raw_project("hosted", "/api0", "http://h/", hosts=["b.example"]),
-     raw_project("gets", "/api1", "http://h/", methods=["GET"]), raw_project("any1", "/api1", "http://h/")],
-    [raw_project("deep", "/a/b", "http://h/"), raw_project("a", "/a", "http://h/")],
-    [raw_project("only", "/api0", "http://h/")],
+    [project("p0", "/api0", "http://h/"), project("p1", "/api1", "http://h/"),
+     project("root", "/", "http://h/")],
+    [project("p0", "/api0", "http://h/"), project("hosted", "/api0", "http://h/", hosts=["b.example"]),
+     project("gets", "/api1", "http://h/", methods=["GET"]), project("any1", "/api1", "http://h/")],
+    [project("deep", "/a/b", "http://h/"), project("a", "/a", "http://h/")],
+    [project("only", "/api0", "http://h/")],
 ]
 ROUTER_REQUESTS = [(b"GET", b"/api0/items/42", b"a"), (b"GET", b"/api0", b"b.example"), (b"POST", b"/api1/x", b"a"),
                    (b"GET", b"/api1/x", b"B.Example:8080"), (b"GET", b"/a/b/c", b"a"), (b"GET", b"/a/x", b"a"),
@@ -246,7 +203,7 @@ def test_router_match_copy(config: int) -> None:
 ])
 def test_balancer_pick_copy(targets: int, down: list[float]) -> None:
     urls = [f"http://127.0.0.{i + 1}:9/" for i in range(targets)]
-    rig = Rig([raw_project("p0", "/api0", *urls)])
+    rig = Rig([project("p0", "/api0", *urls)])
     try:
         bal = rig.gw.config.projects["p0"].balancer
         for t, d in zip(bal.targets, down, strict=True):
@@ -265,7 +222,7 @@ def test_balancer_pick_copy(targets: int, down: list[float]) -> None:
 
 
 def test_balancer_pick_copy_without_targets() -> None:
-    rig = Rig([raw_project("p0", "/api0")])
+    rig = Rig([project("p0", "/api0")])
     try:
         bal = rig.gw.config.projects["p0"].balancer
         assert Balancer.pick(bal, rig.loop.time()) is None
@@ -291,7 +248,7 @@ ATTACH_REQUESTS = [
 def test_exchange_attach_copy(case: int, target_url: str, clock: list[float]) -> None:
     seen = []
     for by_method in (False, True):
-        rig = Rig([raw_project("p0", "/api0", target_url)])
+        rig = Rig([project("p0", "/api0", target_url)])
         try:
             rig.gw.rid_format = b"rid-%x"
             up = rig.ups[0]
@@ -324,7 +281,7 @@ TIMINGS = [0.0, 0.0001, 0.0005, 0.0007, 0.01, 0.3, 2.5, 29.0, 30.0, 45.0]
 
 
 def test_project_stats_record_copy(clock: list[float]) -> None:
-    rig = Rig([raw_project("p0", "/api0", "http://127.0.0.1:9/")])
+    rig = Rig([project("p0", "/api0", "http://127.0.0.1:9/")])
     try:
         st = rig.gw.config.projects["p0"].stats
         ref = ProjectStats()
@@ -396,7 +353,7 @@ def test_finish_and_exchange_done_copy(case: int, clock: list[float], monkeypatc
     for by_methods in (False, True):
         if by_methods:
             monkeypatch.setattr(Exchange, "on_end", on_end_by_the_methods)
-        rig = Rig([raw_project("p0", "/api0", "http://127.0.0.1:9/")])
+        rig = Rig([project("p0", "/api0", "http://127.0.0.1:9/")])
         try:
             log = RecordingLog()
             rig.gw.accesslog = log
@@ -430,7 +387,7 @@ def test_finish_and_exchange_done_copy(case: int, clock: list[float], monkeypatc
 def test_chain_on_response_copy(policies: list[dict[str, Any]], clock: list[float]) -> None:
     seen = []
     for by_method in (False, True):
-        rig = Rig([raw_project("p0", "/api0", "http://127.0.0.1:9/", policies=policies)])
+        rig = Rig([project("p0", "/api0", "http://127.0.0.1:9/", policies=policies)])
         try:
             rig.gw.rid_format = b"rid-%x"
             chain = rig.gw.config.projects["p0"].chain
