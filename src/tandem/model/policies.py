@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, cast, get_args
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -358,7 +358,8 @@ Policy = Annotated[
     | RequestHeadersPolicy | ResponseHeadersPolicy | CachePolicy | TimeoutPolicy | RetryPolicy | DeliveryPolicy,
     Field(discriminator="type"),
 ]
-_ADAPTER: TypeAdapter[Any] = TypeAdapter(Policy)  # type: ignore[arg-type]
+# cast: mypy types a discriminated Annotated union differently across pydantic releases
+_ADAPTER: TypeAdapter[Any] = TypeAdapter(cast(Any, Policy))
 
 
 def parse_policy(data: Any) -> PolicyModel:
