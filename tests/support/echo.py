@@ -7,6 +7,7 @@ a backend. Endpoints (under any prefix):
     .../slow?s=SECONDS          answer after a delay
     .../bytes?n=N[&chunked=1]   stream N bytes (Content-Length, or chunked)
     .../status?code=C           answer with status C
+    .../flaky?fail=N[&code=C]   status C (503) for the first N requests with the same Idempotency-Key, then echo
     anything else               echo: method, path, query, headers, body length and sha256 as JSON
 Request bodies are read as they stream and hashed, never kept whole.
 """
@@ -98,6 +99,11 @@ class EchoProtocol(asyncio.Protocol):
                 t.write(b"0\r\n\r\n")
         else:
             status = int(q.get("code", "200")) if path.endswith("/status") else 200
+            if path.endswith("/flaky"):
+                key = next((v for k, v in req["headers"] if k.lower() == "idempotency-key"), "")
+                seen = self.server.seen[key] = self.server.seen.get(key, 0) + 1
+                if seen <= int(q.get("fail", "1")):
+                    status = int(q.get("code", "503"))
             body = json.dumps({**req, "backend": self.server.name}).encode()
             head = b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nX-Backend: %s\r\n" % (
                 status, self.server.name.encode())
@@ -117,6 +123,7 @@ class EchoServer:
         self.name = name
         self.log_path = log_path
         self.requests: list[dict[str, Any]] = []
+        self.seen: dict[str, int] = {}  # Idempotency-Key -> requests (the flaky endpoint)
         self.server: asyncio.AbstractServer | None = None
 
     def record(self, req: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ from tandem.ags.policies.api_key import ApiKeyStep
 from tandem.ags.policies.basic_auth import BasicAuthStep
 from tandem.ags.policies.cache import CacheStep
 from tandem.ags.policies.cors import CorsStep
+from tandem.ags.policies.delivery import QueueStep
 from tandem.ags.policies.headers import RequestHeadersStep
 from tandem.ags.policies.ip_filter import IpFilterStep
 from tandem.ags.policies.jwt import JwtStep
@@ -39,7 +40,7 @@ MINIMAL: dict[str, dict[str, Any]] = {
     "delivery": {},
 }
 # what the gateway does with a type that has no builder
-NO_BUILDER = {"timeout": "sets the project's upstream timeouts", "delivery": "not enforced: 501"}
+NO_BUILDER = {"timeout": "sets the project's upstream timeouts"}
 
 
 def _project(*policies: dict[str, Any]) -> dict[str, Any]:
@@ -87,6 +88,8 @@ def _only_step(kind: str, **params: Any) -> Any:
         return p.chain.retry
     if kind == "response-headers":
         return p.chain.resp_edit
+    if kind == "delivery":
+        return p.chain.queue
     (step,) = p.chain.steps
     return step
 
@@ -171,10 +174,15 @@ def _check_retry(s: RetryStep, m: schema.RetryPolicy) -> None:
     assert s.methods == {x.encode() for x in m.methods} == {b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS"}
 
 
+def _check_delivery(s: QueueStep, m: schema.DeliveryPolicy) -> None:
+    assert isinstance(s, QueueStep) and s.queued and m.mode == "queued"
+    assert s.max_body_bytes == m.max_body_bytes == 1_048_576 and s.order_header is None and m.order_by_header is None
+
+
 CHECKS = {"api-key": _check_api_key, "basic-auth": _check_basic_auth, "jwt": _check_jwt,
           "rate-limit": _check_rate_limit, "quota": _check_quota, "ip-filter": _check_ip_filter, "cors": _check_cors,
           "request-headers": _check_request_headers, "response-headers": _check_response_headers,
-          "cache": _check_cache, "retry": _check_retry}
+          "cache": _check_cache, "retry": _check_retry, "delivery": _check_delivery}
 
 
 @pytest.mark.parametrize("kind", sorted(CHECKS))
@@ -251,10 +259,14 @@ def test_a_bad_value_is_refused_naming_the_field_at_the_ams_and_at_the_gateway(
     assert f"this API's {kind!r} policy is invalid" in p.refusal and field in p.refusal, p.refusal
 
 
-def test_a_delivery_policy_is_valid_but_not_enforced_by_the_gateway() -> None:
+def test_a_delivery_policy_is_enforced_by_the_gateway() -> None:
+    """queued: the chain keeps the queue step (the request is stored, not proxied); direct: no chain."""
     AmsProject.model_validate(_project({"type": "delivery"}))
     p = _gateway({"type": "delivery"})
-    assert p.chain is None and p.refusal is not None and "cannot enforce" in p.refusal
+    assert p.refusal is None and p.chain is not None and p.chain.queue is not None
+    assert p.chain.queue.max_body_bytes == 1024 * 1024
+    direct = _gateway({"type": "delivery", "mode": "direct"})
+    assert direct.refusal is None and direct.chain is None
 
 
 def test_the_gateway_builds_from_models_not_raw_dicts() -> None:

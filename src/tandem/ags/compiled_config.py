@@ -31,6 +31,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from tandem.ags.balancer import Balancer, Target
+from tandem.ags.delivery.endpoint import CONTEXT as RESERVED
+from tandem.ags.delivery.endpoint import MessagesRoute
 from tandem.ags.health import Check
 from tandem.ags.policies import Consumers, Services, compile_chain
 from tandem.ags.policies.chain import AUTH_KINDS
@@ -182,9 +184,10 @@ def _timeouts(policy: dict[str, Any], connect: float, read: float) -> tuple[floa
 class CompiledConfig:
     __slots__ = ("revision", "environment", "router", "projects", "digest")
 
-    def __init__(self, revision: int, environment: str, projects: dict[str, Project], digest: str) -> None:
+    def __init__(self, revision: int, environment: str, projects: dict[str, Project], digest: str,
+                 local: MessagesRoute | None = None) -> None:
         self.revision, self.environment, self.projects, self.digest = revision, environment, projects, digest
-        self.router = Router(projects.values())
+        self.router = Router([*projects.values(), *([local] if local is not None else [])])
 
     @classmethod
     def empty(cls, environment: str = "default") -> CompiledConfig:
@@ -203,10 +206,18 @@ def compile_config(doc: dict[str, Any], pool_for: Callable[[Target], Any], stats
     consumers = Consumers(doc.get("consumers") or [])
     services = services if services is not None else Services()
     for raw in doc["projects"]:
+        if context_key(raw["context_path"]).startswith(RESERVED) and \
+                context_key(raw["context_path"])[len(RESERVED):len(RESERVED) + 1] in (b"", b"/"):
+            log.error("project %r not served: its context path %r is reserved for the gateway's own "
+                      "endpoints", raw["name"], raw["context_path"])
+            continue
         prev = old.get(raw["name"])
         if prev is not None and prev.raw == raw and prev.consumers_digest in (None, consumers.digest):
             projects[raw["name"]] = prev
         else:
             projects[raw["name"]] = Project(raw, pool_for, stats_for(raw["name"]), connect_timeout, read_timeout,
                                             consumers, services)
-    return CompiledConfig(doc["revision"], doc["environment"], projects, doc.get("digest", ""))
+    local = previous.router.table.get(RESERVED, (None,))[0] if previous is not None else None
+    if not isinstance(local, MessagesRoute):
+        local = MessagesRoute(services, stats_for("_tandem"))
+    return CompiledConfig(doc["revision"], doc["environment"], projects, doc.get("digest", ""), local)

@@ -81,6 +81,7 @@ class Exchange:
     client_ip: bytes = b""  # set by the chain: the peer, or the client behind a trusted proxy
     capture: Any = None  # a cache fill in progress: .feed(bytes), .end(exchange)
     attempts = 0  # upstream attempts made for the retry policy
+    queued: Any = None  # the project's delivery step (policies.delivery) while the body is collected
 
     def __init__(self, cp: ClientProtocol, method: bytes, rid: bytes, t0: float) -> None:
         """(Has an inlined copy in ClientProtocol.on_headers_complete, made with object.__new__:
@@ -104,14 +105,18 @@ class Exchange:
             self.fail(501, "policy_not_supported", p.refusal)
             return
         chain = p.chain
-        if chain is not None and not self.admitted:
-            self.client_ip = self.cp.ip
-            # True: every step passed now (the common case: no admit(), no second start()); False: the
-            # chain answered, or a step's I/O is pending and admit() or answer() comes later
-            if not chain.run(self):
+        if chain is not None:
+            if not self.admitted:
+                self.client_ip = self.cp.ip
+                # True: every step passed now (the common case: no admit(), no second start()); False: the
+                # chain answered, or a step's I/O is pending and admit() or answer() comes later
+                if not chain.run(self):
+                    return
+                if self.edit is not None:
+                    self.apply_edit()
+            if chain.queue is not None:  # queued delivery: stored and answered 202, never proxied now
+                self.enqueue(chain.queue)
                 return
-            if self.edit is not None:
-                self.apply_edit()
         self.read_timeout = timeout = p.read_timeout
         cycle = p.balancer.cycle
         # inlined: Balancer.pick (tests/unit/test_inlined_copies.py)
@@ -165,6 +170,7 @@ class Exchange:
         e = self.edit
         parts, n = self.hparts, self.nhead  # the first `nhead` parts are the forwarded header runs
         head = e.apply_flat(parts[:n])
+        self.nhead = len(head)
         head += parts[n:]
         self.hparts = head
         if e.query is not None:
@@ -299,6 +305,11 @@ class Exchange:
         else:
             self.uout.append(data)
         if self.conn is None:
+            if self.queued is not None:  # collected whole for the queue, up to its limit
+                if self.body_bytes > self.queued.max_body_bytes:
+                    self.fail(413, "payload_too_large", self.queued.too_large(self.body_bytes))
+                    self.cp.flush()
+                return
             self.uout_size += len(data)
             if self.uout_size > CONNECTING_BUFFER:
                 self.cp.pause(4)
@@ -307,6 +318,26 @@ class Exchange:
         self.req_complete = True
         if self.chunked:
             self.uout.append(b"0\r\n\r\n")
+        elif self.queued is not None:
+            self.queued.accept(self)
+
+    def enqueue(self, step: Any) -> None:
+        """Queued delivery (`policies.delivery`): collect the whole body (nothing goes upstream now), then
+        hand the message to the queue; its answer (202, 503, 413) comes from the step."""
+        if self.clen is not None and int(self.clen) > step.max_body_bytes:
+            self.fail(413, "payload_too_large", step.too_large(int(self.clen)))
+            return
+        if self.chunked:  # what arrived so far went in as chunks: keep only the data
+            self.uout = self.uout[1::3]
+            self.chunked = False
+        self.queued = step
+        if self.uout_size:
+            self.uout_size = 0
+            self.cp.resume(4)
+        if self.body_bytes > step.max_body_bytes:
+            self.fail(413, "payload_too_large", step.too_large(self.body_bytes))
+        elif self.req_complete:
+            step.accept(self)
 
     def flush_up(self) -> None:
         conn = self.conn

@@ -3,7 +3,8 @@
 Sources are `PrimaryURL`, then each `BackupURLs` entry. A poll asks with the
 revision the gateway serves; the AMS answers 304 after up to `wait` seconds
 when nothing changed, or 200 with the whole document. Each poll also
-registers the gateway (name, pair, HA state, applied revision).
+registers the gateway (name, pair, HA state, applied revision, and the
+queued and dead messages of queued delivery).
 
 A source that fails (refused, reset, timeout, 5xx, 401, a document that does
 not validate) is left for the next one at once: a dead AMS is never retried
@@ -45,8 +46,10 @@ class FeedFailure(Exception):
 
 class FeedPoller:
     def __init__(self, settings: GatewaySettings, sources: list[str], revision: Callable[[], int],
-                 state: Callable[[], str], apply: Apply) -> None:
+                 state: Callable[[], str], apply: Apply,
+                 queue: Callable[[], tuple[int, int]] = lambda: (0, 0)) -> None:
         self.settings = settings
+        self.queue = queue  # (queued, dead) messages of queued delivery, reported with each poll
         self.sources = [s.rstrip("/") for s in sources if s.strip()]
         self.revision, self.state, self.apply = revision, state, apply
         self.index = 0
@@ -113,6 +116,9 @@ class FeedPoller:
         rev = self.revision()
         params = {"environment": s.environment, "revision": str(rev), "wait": str(s.feed_wait),
                   "gateway": s.name, "pair": s.pair, "state": self.state(), "applied": str(rev)}
+        queued, dead = self.queue()
+        if queued or dead:
+            params |= {"queued": str(queued), "dead": str(dead)}
         headers = {"Authorization": f"Bearer {s.token}"} if s.token else {}
         async with client.stream("GET", url + "/api/v1/gateway/config", params=params, headers=headers) as resp:
             if resp.status_code == 304:

@@ -16,6 +16,12 @@ for the workers (frames `Q`/`q`). It is new on every start, so a former
 passive counts from its replicated store; it closes after the drain, so
 requests in flight still get their answer.
 
+The message queue of queued delivery (`delivery/queue.py`) is made the
+same way, per activation, from the store: it accepts what the gateway
+processes hand it and delivers while we serve; `stop()` halts its
+deliveries first (a server stepping down delivers nothing more), then closes
+it after the drain.
+
 Each new configuration is stored durably first (so replication carries it to
 the passive AGS), then swapped in (in-process: one reference; workers: pushed
 to each, acknowledged), then reported as applied on the next poll.
@@ -33,6 +39,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from tandem.ags.compiled_config import ConfigRejected, validate_document
+from tandem.ags.delivery.queue import MessageQueue
 from tandem.ags.feed_poller import FeedPoller
 from tandem.ags.gateway import Gateway
 from tandem.ags.metrics import merge, render
@@ -61,6 +68,7 @@ class GatewayService(ClientService):
         self.feed: FeedPoller | None = None
         self.feed_task: asyncio.Task[None] | None = None
         self.quota: QuotaBook | None = None
+        self.queue: MessageQueue | None = None
         self.revision = 0
         self.projects = 0
         self.retired: list[dict[str, Any]] = []
@@ -80,10 +88,15 @@ class GatewayService(ClientService):
         s = self.settings
         self.quota = book = QuotaBook(self.store, self.durable)
         book.start()
+        self.queue = queue = MessageQueue(self.store, self.durable, s.connect_timeout, s.read_timeout,
+                                          s.fail_timeout)
         try:
+            queue.configure(doc)
+            await queue.start()
             if s.in_process:
                 gw = Gateway(s)
                 gw.services.quota = book
+                gw.services.queue = queue
                 if doc is not None:
                     gw.apply(doc)
                 try:
@@ -96,17 +109,19 @@ class GatewayService(ClientService):
             else:
                 ws, self.warm = self.warm or WorkerSet(s), None
                 ws.quota = book
+                ws.queue = queue
                 await ws.start(json.dumps(doc).encode() if doc is not None else b"")
                 self.workers = ws
         except BaseException:
-            self.quota = None
+            self.quota = self.queue = None
             await book.close()
+            await queue.close()
             raise
         self.revision = doc["revision"] if doc is not None else 0
         self.projects = len(doc["projects"]) if doc is not None else 0
         self.serving = True
         sources = [u for u in [self.server.profile.ha.PrimaryURL, *self.server.profile.ha.backup_urls] if u]
-        self.feed = FeedPoller(s, sources, lambda: self.revision, self.ha_state, self.apply)
+        self.feed = FeedPoller(s, sources, lambda: self.revision, self.ha_state, self.apply, self.queue_totals)
         self.feed_task = asyncio.get_running_loop().create_task(self.feed.run())
         mode = "in this process" if s.in_process else f"in {s.workers} worker processes"
         log.info("gateway serving revision %d (%d projects) on %s:%d %s", self.revision, self.projects,
@@ -114,6 +129,8 @@ class GatewayService(ClientService):
 
     async def stop(self, drain_timeout: float) -> None:
         self.serving = False
+        if self.queue is not None:
+            await self.queue.halt()  # no delivery from here on: we may no longer be the active
         if self.feed_task is not None:
             self.feed_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -130,6 +147,9 @@ class GatewayService(ClientService):
         book, self.quota = self.quota, None
         if book is not None:
             await book.close()
+        queue, self.queue = self.queue, None
+        if queue is not None:
+            await queue.close()
 
     async def prepare(self) -> None:
         """Worker processes started ahead of activation (a passive's standby): a failover
@@ -181,6 +201,8 @@ class GatewayService(ClientService):
             # off the loop: an fsync of a large document (or a synchronous replica ack) must not stall it
             await asyncio.to_thread(store.commit, [Op(NS, KEY, doc)])
             t1 = time.perf_counter()
+            if self.queue is not None:  # before the workers see it: the queue knows every project they queue for
+                self.queue.configure(doc)
             if self.gateway is not None:
                 self.gateway.apply(doc)
             elif self.workers is not None:
@@ -194,6 +216,10 @@ class GatewayService(ClientService):
     def ha_state(self) -> str:
         return self.server.ha_state()
 
+    def queue_totals(self) -> tuple[int, int]:
+        """(queued or in delivery, dead): what each feed poll reports to the AMS."""
+        return self.queue.totals() if self.queue is not None else (0, 0)
+
     # ---- metrics (HA port /metrics) ----
     def metrics_text(self) -> bytes:
         snaps = list(self.retired)
@@ -205,7 +231,10 @@ class GatewayService(ClientService):
             snaps.extend(self.workers.snapshots())
             live = self.workers.live
         rejected = self.feed.rejected if self.feed is not None else 0
-        return render(merge(snaps), self.revision, rejected, live)
+        text = render(merge(snaps), self.revision, rejected, live)
+        if self.queue is not None:
+            text += self.queue.metrics_text().encode()
+        return text
 
 
 def create_service(server: ServiceHost) -> ClientService:

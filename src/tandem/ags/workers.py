@@ -8,6 +8,8 @@ then one type byte, then the payload:
     parent -> worker   C <document JSON>     serve this configuration (b"" for none)
                        S <drain seconds>     stop accepting, drain, exit
                        q <id status remaining end>   answer to a Q (ASCII, space-separated)
+                       d <JSON [id, status, message id, detail]>   answer to a D
+                       g <id> <JSON view or null>                   answer to a G
     worker -> parent   R                     listening (after the first C)
                        E <reason>            could not listen: start fails
                        A <revision>          configuration applied
@@ -15,6 +17,9 @@ then one type byte, then the payload:
                        Q <JSON [id, project, identity, subject, period, limit]>
                                              count one request against a quota (the
                                              parent's book answers q once it is durable)
+                       D <id> \n <JSON meta> \n <body>   queue one message (queued delivery;
+                                             the parent's queue answers d once it is durable)
+                       G <id> <message id>   a queued message's state
 
 A worker listens only after it has its first configuration, so a restarted
 gateway never answers from an empty table when it has a stored one. That
@@ -33,7 +38,9 @@ gateway, however many workers.
 Quotas are counted by the parent (`tandem.ags.quota_book`), which owns the
 store: a worker's `quota` steps send `Q` through `RemoteQuota` and resume on
 the matching `q`; an answer that does not come within the book's timeout is
-503 `quota_unavailable`.
+503 `quota_unavailable`. Queued-delivery messages go the same way to the
+parent's message queue (`tandem.ags.delivery`: `RemoteQueue`, frames `D`/`d`
+and `G`/`g`).
 """
 
 from __future__ import annotations
@@ -50,12 +57,16 @@ import struct
 import sys
 from typing import TYPE_CHECKING, Any
 
+from tandem.ags.delivery.queue import UNAVAILABLE as QUEUE_UNAVAILABLE
+from tandem.ags.delivery.remote import RemoteQueue, decode_submit, encode_view
+from tandem.ags.delivery.remote import encode_answer as encode_queued
 from tandem.ags.policies.node_counts import ENV_FD, create_table, from_environment
 from tandem.ags.quota_book import UNAVAILABLE, RemoteQuota, decode_take, encode_answer
 from tandem.ags.settings import GatewaySettings
 from tandem.errors import ServerError
 
 if TYPE_CHECKING:
+    from tandem.ags.delivery.queue import Accepted, MessageQueue
     from tandem.ags.quota_book import QuotaBook, Result
 
 log = logging.getLogger("tandem.ags.workers")
@@ -101,6 +112,7 @@ class WorkerSet:
     def __init__(self, settings: GatewaySettings, quota: QuotaBook | None = None) -> None:
         self.settings = settings
         self.quota = quota  # answers the workers' Q frames
+        self.queue: MessageQueue | None = None  # answers the workers' D and G frames
         self.workers: list[Worker] = []
         self.retired: list[dict[str, Any]] = []  # counters of workers that exited
         self.document = b""
@@ -180,6 +192,10 @@ class WorkerSet:
                 kind, payload = await read_frame(reader)
                 if kind == b"Q":  # the hot one: a quota step waits for the book
                     self._quota(w, payload)
+                elif kind == b"D":
+                    self._submit(w, payload)
+                elif kind == b"G":
+                    self._find(w, payload)
                 elif kind == b"R" and not w.ready.done():
                     w.ready.set_result(None)
                 elif kind == b"E" and not w.ready.done():
@@ -219,6 +235,31 @@ class WorkerSet:
             w.send(b"q", encode_answer(i, fut.result()))
 
         self.quota.take(project, identity, subject, period, limit).add_done_callback(reply)
+
+    def _submit(self, w: Worker, payload: bytes) -> None:
+        try:
+            i, project, method, rest, query, head, body, idem, order = decode_submit(payload)
+        except (ValueError, TypeError) as exc:
+            log.error("gateway worker %d sent a malformed message frame: %s", w.index, exc)
+            return
+        if self.queue is None:
+            w.send(b"d", encode_queued(i, (QUEUE_UNAVAILABLE, "", "the gateway is not serving")))
+            return
+
+        def reply(fut: asyncio.Future[Accepted]) -> None:
+            w.send(b"d", encode_queued(i, fut.result()))
+
+        self.queue.submit(project, method, rest, query, head, body, idem, order).add_done_callback(reply)
+
+    def _find(self, w: Worker, payload: bytes) -> None:
+        i_raw, _, mid = payload.partition(b" ")
+        try:
+            i = int(i_raw)
+        except ValueError:
+            log.error("gateway worker %d sent a malformed message lookup", w.index)
+            return
+        view = self.queue.lookup(mid.decode("ascii", "replace")) if self.queue is not None else None
+        w.send(b"g", encode_view(i, view))
 
     async def push(self, document: bytes, revision: int) -> None:
         """Send a configuration to every worker; returns when each has applied it."""
@@ -283,6 +324,8 @@ async def _worker(fd: int, settings: GatewaySettings, index: int) -> None:
     gw.services.node_table = from_environment()
     quota = gw.services.quota = RemoteQuota(lambda payload: writer.write(frame(b"Q", payload)),
                                             asyncio.get_running_loop())
+    queue = gw.services.queue = RemoteQueue(lambda kind, payload: writer.write(frame(kind, payload)),
+                                            asyncio.get_running_loop())
     listening = False
     last_metrics: dict[str, Any] = {}
 
@@ -291,6 +334,7 @@ async def _worker(fd: int, settings: GatewaySettings, index: int) -> None:
         while True:
             await asyncio.sleep(METRICS_INTERVAL)
             quota.expire(asyncio.get_running_loop().time())
+            queue.expire(asyncio.get_running_loop().time())
             snap = gw.metrics.snapshot()
             if snap != last_metrics:
                 last_metrics = snap
@@ -306,6 +350,10 @@ async def _worker(fd: int, settings: GatewaySettings, index: int) -> None:
                 os._exit(0)
             if kind == b"q":
                 quota.answered(payload)
+            elif kind == b"d":
+                queue.answered(payload)
+            elif kind == b"g":
+                queue.viewed(payload)
             elif kind == b"C":
                 if payload:
                     compiled = gw.apply(json.loads(payload))
@@ -322,7 +370,7 @@ async def _worker(fd: int, settings: GatewaySettings, index: int) -> None:
                     listening = True
                     writer.write(frame(b"R"))
             elif kind == b"S":
-                await _drain(gw, float(payload or b"5"), reader, quota)
+                await _drain(gw, float(payload or b"5"), reader, quota, queue)
                 writer.write(frame(b"M", json.dumps(gw.metrics.snapshot()).encode()))
                 await writer.drain()
                 return
@@ -330,8 +378,9 @@ async def _worker(fd: int, settings: GatewaySettings, index: int) -> None:
         reporter.cancel()
 
 
-async def _drain(gw: Any, timeout: float, reader: asyncio.StreamReader, quota: RemoteQuota) -> None:
-    """Drain, still reading the parent's frames: requests in flight may wait for a quota answer."""
+async def _drain(gw: Any, timeout: float, reader: asyncio.StreamReader, quota: RemoteQuota,
+                 queue: RemoteQueue) -> None:
+    """Drain, still reading the parent's frames: requests in flight may wait for a quota or queue answer."""
     drain = asyncio.ensure_future(gw.drain(timeout))
     while not drain.done():
         nxt = asyncio.ensure_future(read_frame(reader))
@@ -345,6 +394,10 @@ async def _drain(gw: Any, timeout: float, reader: asyncio.StreamReader, quota: R
             break  # the parent is gone; the drain finishes on its own
         if kind == b"q":
             quota.answered(payload)
+        elif kind == b"d":
+            queue.answered(payload)
+        elif kind == b"g":
+            queue.viewed(payload)
     await drain
 
 

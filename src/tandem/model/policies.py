@@ -329,7 +329,8 @@ class RetryPolicy(PolicyModel):
 
 
 class DeliveryPolicy(PolicyModel):
-    """`mode = "queued"`: the gateway stores the request durably, answers 202 and delivers it later."""
+    """`mode = "queued"`: the gateway stores the request durably, answers 202 and delivers it later
+    (docs/delivery.md). `mode = "direct"` proxies as if the policy were absent."""
 
     type: Literal["delivery"]
     mode: Literal["direct", "queued"] = "queued"
@@ -337,11 +338,39 @@ class DeliveryPolicy(PolicyModel):
     backoff_initial: float = Field(default=0.5, gt=0, le=3600)
     backoff_max: float = Field(default=60.0, gt=0, le=86_400)
     ttl: int = Field(default=86_400, ge=1, le=30 * 86_400)
+    retention: int = Field(default=7 * 86_400, ge=1, le=90 * 86_400,
+                           description="seconds a delivered or dead message stays readable (and redrivable)")
+    concurrency: int = Field(default=16, ge=1, le=1024, description="deliveries in flight per target")
+    max_messages: int = Field(default=100_000, ge=1, le=10_000_000,
+                              description="messages held (queued, in delivery or dead) before 503 queue_full")
+    max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024, le=64 * 1024 ** 3,
+                           description="body bytes held before 503 queue_full")
+    max_body_bytes: int = Field(default=1024 * 1024, ge=0, le=64 * 1024 * 1024,
+                                description="one message's body; larger is 413")
+    delivered_statuses: list[int] | None = Field(default=None, min_length=1, max_length=500,
+                                                 description="upstream statuses that count as delivered "
+                                                             "(default: any 2xx)")
+    order_by_header: str | None = Field(default=None, min_length=1, max_length=256,
+                                        pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$",
+                                        description="messages with the same value of this header are "
+                                                    "delivered one at a time, in accept order")
+
+    @field_validator("delivered_statuses")
+    @classmethod
+    def _statuses(cls, v: list[int] | None) -> list[int] | None:
+        if v is None:
+            return None
+        bad = [s for s in v if not 100 <= s <= 599]
+        if bad:
+            raise ValueError(f"statuses must be 100-599, got {bad[0]}")
+        return sorted(set(v))
 
     @model_validator(mode="after")
     def _backoff_order(self) -> DeliveryPolicy:
         if self.backoff_max < self.backoff_initial:
             raise ValueError("backoff_max must be >= backoff_initial")
+        if self.max_body_bytes > self.max_bytes:
+            raise ValueError("max_body_bytes must be <= max_bytes")
         return self
 
 

@@ -12,7 +12,8 @@ import importlib
 from tandem.ags.policies.base import Answer, Step
 from tandem.ags.policies.chain import BUILDERS, Chain, Consumers, Services, compile_chain
 
-_MODULES = ("api_key", "basic_auth", "ip_filter", "cors", "headers", "retry", "jwt", "rate_limit", "quota", "cache")
+_MODULES = ("api_key", "basic_auth", "ip_filter", "cors", "headers", "retry", "jwt", "rate_limit", "quota", "cache",
+            "delivery")
 for _name in _MODULES:
     importlib.import_module(f"tandem.ags.policies.{_name}")
 

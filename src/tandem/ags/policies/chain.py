@@ -89,6 +89,7 @@ class Services:
     def __init__(self, loop: Any = None, quota: Any = None) -> None:
         self.loop = loop
         self.quota = quota  # the quota book client (tandem.ags.policies.quota), set by the runtime
+        self.queue: Any = None  # the message queue client (tandem.ags.policies.delivery), set by the runtime
         self.node_table: Any = None  # a worker's node_counts.SharedTable, when the node has several workers
         self._state: dict[Any, Any] = {}
 
@@ -188,11 +189,12 @@ def builder(kind: str) -> Callable[[Callable[[P, Context], Step]], Callable[[P |
 class Chain:
     """The policies of one project, compiled. Shared by all its requests."""
 
-    __slots__ = ("steps", "n", "resp_edit", "cache", "retry", "kinds", "hooks")
+    __slots__ = ("steps", "n", "resp_edit", "cache", "retry", "kinds", "hooks", "queue")
 
     def __init__(self, steps: list[Step], resp_edit: RequestEdit | None, cache: Any, retry: Any,
-                 kinds: list[str]) -> None:
+                 kinds: list[str], queue: Any = None) -> None:
         self.steps = steps
+        self.queue = queue  # policies.delivery.QueueStep of a queued-delivery project: stored, not proxied
         self.n = len(steps)
         self.resp_edit, self.cache, self.retry = resp_edit, cache, retry
         self.kinds = kinds
@@ -300,7 +302,7 @@ def compile_chain(project: dict[str, Any], consumers: Consumers, services: Servi
     protected is never served open."""
     policies = project.get("policies") or []
     steps: list[tuple[int, Step]] = []
-    resp_edit = cache = retry = None
+    resp_edit = cache = retry = queue = None
     kinds: list[str] = []
     models: list[PolicyModel] = []
     for i, policy in enumerate(policies):
@@ -326,11 +328,14 @@ def compile_chain(project: dict[str, Any], consumers: Consumers, services: Servi
             resp_edit = step.edit  # type: ignore[attr-defined]
         elif kind == "retry":
             retry = step
+        elif kind == "delivery":
+            if step.queued:  # type: ignore[attr-defined]
+                queue = step
         else:
             if kind == "cache":
                 cache = step
             steps.append((PHASES.get(kind, 65), step))
-    if not steps and resp_edit is None and retry is None:
+    if not steps and resp_edit is None and retry is None and queue is None:
         return None, None
     steps.sort(key=lambda s: s[0])
-    return Chain([s for _, s in steps], resp_edit, cache, retry, kinds), None
+    return Chain([s for _, s in steps], resp_edit, cache, retry, kinds, queue), None

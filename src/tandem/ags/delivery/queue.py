@@ -1,0 +1,810 @@
+"""The message queue of queued delivery, kept by the server process (docs/delivery.md).
+
+The server process owns the store, so it owns the queue, as it owns the
+quota book: the in-process gateway calls `submit()` directly, worker
+processes through their control socket (`RemoteQueue`, frames `D`/`d` and
+`G`/`g` in `workers.py`). A queue is made per activation
+(`GatewayService.start`) from the store, so a passive that takes over
+resumes the queue its predecessor replicated, and a former active, once
+passive, has no queue at all: it never delivers from a stale copy.
+
+Accepting. `submit(project, meta, body)` checks the project's limits
+(`max_messages`, `max_bytes` over every message that still holds its body,
+`max_body_bytes`), deduplicates on the client's `Idempotency-Key` within
+the `ttl`, and adds the message to the pending batch. Batches are group
+committed: one store commit (in a thread) and one `durable()` wait (the
+replicated passive has it) per batch, then every waiter of the batch gets
+`ACCEPTED` and its id. A failed commit takes the batch back out of memory
+(`UNAVAILABLE`, nothing stored); a failed durability wait after the commit
+answers `UNAVAILABLE` too but keeps the messages: they are stored, and may
+be on the passive, so the client's answer is "unknown" (it retries with the
+same Idempotency-Key and gets the same id).
+
+Delivering. Each due message is dispatched to one of its project's targets
+(smooth weighted round robin, passive down-marking for `FailTimeout`) with
+at most `concurrency` deliveries in flight per target; with
+`order_by_header`, only the oldest message of each key is eligible. Each
+outcome is decided by `decide.decide()` (pure) and written to the store in
+a grouped state commit (a lost state write only means one more delivery:
+at least once). A delivered message's body is deleted at once; delivered
+and dead messages stay readable until `retention`.
+
+Store layout: ns "msg" (key = id) holds each message with its body, ns
+"msgstate" (key = id) the state once it is no longer the initial `queued`,
+ns "msgmeta" the redrive counters acted on (`redrive/<project>`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import heapq
+import logging
+import os
+import random
+import time
+from bisect import bisect_left
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from tandem.ags.balancer import Balancer, Target
+from tandem.ags.delivery.client import DeliveryError, TargetClient
+from tandem.ags.delivery.decide import Decision, Event, IllegalEvent, Message, Rules, decide
+from tandem.ags.delivery.states import DEAD, DELIVERED, DELIVERING, FINAL, QUEUED
+from tandem.ags.metrics import BUCKETS
+from tandem.model.policies import DeliveryPolicy, TimeoutPolicy
+from tandem.store import Op
+
+if TYPE_CHECKING:
+    from tandem.store import Store
+
+log = logging.getLogger("tandem.ags.delivery")
+
+NS_MSG, NS_STATE, NS_META = "msg", "msgstate", "msgmeta"
+ACCEPTED, FULL, TOO_LARGE, UNAVAILABLE = 0, 1, 2, 3
+TIMEOUT = 10.0  # a waiter gets UNAVAILABLE if its batch takes longer (a hung store)
+TICK = 1.0
+DELETE_CHUNK = 1000
+STATE_BATCH = 2000
+
+Accepted = tuple[int, str, str]  # (status, message id, detail)
+
+
+def iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+
+
+class Spec:
+    """One project's delivery settings, compiled from a configuration."""
+
+    __slots__ = ("name", "rules", "concurrency", "max_messages", "max_bytes", "max_body_bytes", "retention",
+                 "order_header", "balancer", "clients", "connect_timeout", "read_timeout", "redrive", "digest")
+
+    def __init__(self, project: dict[str, Any], policy: DeliveryPolicy, connect_timeout: float,
+                 read_timeout: float, old: Spec | None) -> None:
+        self.name: str = project["name"]
+        self.rules = Rules(policy.max_attempts, policy.backoff_initial, policy.backoff_max, float(policy.ttl),
+                           frozenset(policy.delivered_statuses) if policy.delivered_statuses else None)
+        self.concurrency = policy.concurrency
+        self.max_messages, self.max_bytes = policy.max_messages, policy.max_bytes
+        self.max_body_bytes, self.retention = policy.max_body_bytes, float(policy.retention)
+        self.order_header = policy.order_by_header.lower() if policy.order_by_header else None
+        self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
+        for p in project.get("policies") or []:
+            if p.get("type") == "timeout":
+                t = TimeoutPolicy.model_validate(p)
+                if "connect" in t.model_fields_set:
+                    self.connect_timeout = float(t.connect)
+                if "read" in t.model_fields_set:
+                    self.read_timeout = float(t.read)
+        targets = [Target(t["url"], t.get("weight", 1)) for t in project["targets"]]
+        self.digest = repr([(t.url, t.weight) for t in targets])
+        self.balancer: Balancer
+        self.clients: dict[Target, TargetClient]
+        if old is not None and old.digest == self.digest:  # same targets: keep their state and connections
+            self.balancer, self.clients = old.balancer, old.clients
+        else:
+            if old is not None:
+                for c in old.clients.values():
+                    c.close()
+            self.balancer = Balancer(targets)
+            self.clients = {t: TargetClient(str(t.host), t.port) for t in targets}
+        r = project.get("redrive", 0)
+        self.redrive = r if isinstance(r, int) and not isinstance(r, bool) else 0
+
+    def __repr__(self) -> str:
+        return f"<Spec {self.name} targets={len(self.clients)} concurrency={self.concurrency}>"
+
+
+def delivery_policy(project: dict[str, Any]) -> DeliveryPolicy | None:
+    """The project's queued-delivery policy, or None (none, `direct`, or invalid: the chain refuses those)."""
+    for p in project.get("policies") or []:
+        if p.get("type") == "delivery":
+            try:
+                m = DeliveryPolicy.model_validate(p)
+            except ValueError:
+                return None
+            return m if m.mode == "queued" else None
+    return None
+
+
+class Msg:
+    __slots__ = ("id", "project", "state", "attempts", "next_at", "since", "accepted_at", "method", "rest",
+                 "query", "head", "body", "idem", "order", "last_status", "last_error", "done_at", "reason",
+                 "size", "waiters", "lane", "target")
+
+    def __init__(self, mid: str, project: str, accepted_at: float) -> None:
+        self.id, self.project, self.accepted_at = mid, project, accepted_at
+        self.state, self.attempts, self.next_at, self.since = QUEUED, 0, accepted_at, accepted_at
+        self.method = self.rest = self.query = self.head = self.body = b""
+        self.idem: str | None = None
+        self.order: str | None = None
+        self.last_status: int | None = None
+        self.last_error: str | None = None
+        self.done_at: float | None = None
+        self.reason = ""
+        self.size = 0
+        self.waiters: list[asyncio.Future[Accepted]] | None = None  # until durable: duplicates wait too
+        self.lane: tuple[str, str] | None = None
+        self.target: Target | None = None
+
+    def __repr__(self) -> str:
+        return f"<Msg {self.id} {self.project} {self.state} attempts={self.attempts}>"
+
+    def __lt__(self, other: Msg) -> bool:  # (heap ties)
+        return self.id < other.id
+
+    def record(self) -> dict[str, Any]:
+        return {"p": self.project, "m": self.method.decode("latin-1"), "t": self.rest.decode("latin-1"),
+                "q": self.query.decode("latin-1"), "h": self.head.decode("latin-1"),
+                "b": base64.b64encode(self.body).decode("ascii"), "k": self.idem, "o": self.order,
+                "a": self.accepted_at}
+
+    def state_record(self) -> dict[str, Any]:
+        return {"p": self.project, "s": QUEUED if self.state == DELIVERING else self.state, "n": self.attempts,
+                "at": self.next_at, "si": self.since, "a": self.accepted_at, "k": self.idem,
+                "ls": self.last_status, "le": self.last_error, "d": self.done_at, "r": self.reason}
+
+    def view(self) -> dict[str, Any]:
+        return {"id": self.id, "project": self.project, "state": self.state, "attempts": self.attempts,
+                "last_status": self.last_status, "last_error": self.last_error,
+                "accepted_at": iso(self.accepted_at),
+                "next_attempt_at": iso(self.next_at) if self.state == QUEUED else None,
+                "finished_at": iso(self.done_at), "reason": self.reason or None}
+
+
+def _msg_from(mid: str, rec: dict[str, Any], st: dict[str, Any] | None) -> Msg:
+    src = st if st is not None else rec
+    m = Msg(mid, str(src["p"]), float(src["a"]))
+    if rec:
+        m.method, m.rest = rec["m"].encode("latin-1"), rec["t"].encode("latin-1")
+        m.query, m.head = rec["q"].encode("latin-1"), rec["h"].encode("latin-1")
+        m.body = base64.b64decode(rec["b"])
+        m.size = len(m.body)
+        m.order = rec.get("o")
+    m.idem = src.get("k")
+    if st is not None:
+        m.state, m.attempts = str(st["s"]), int(st["n"])
+        m.next_at, m.since = float(st["at"]), float(st["si"])
+        m.last_status, m.last_error, m.done_at, m.reason = st.get("ls"), st.get("le"), st.get("d"), st.get("r") or ""
+    return m
+
+
+class Counters:
+    __slots__ = ("accepted", "duplicates", "full", "too_large", "unavailable", "delivered", "dead", "attempts",
+                 "failed_attempts", "lat", "lat_sum", "held", "held_bytes")
+
+    def __init__(self) -> None:
+        self.accepted = self.duplicates = self.full = self.too_large = self.unavailable = 0
+        self.delivered = self.dead = self.attempts = self.failed_attempts = 0
+        self.lat = [0] * (len(BUCKETS) + 1)
+        self.lat_sum = 0.0
+        self.held = self.held_bytes = 0  # messages holding a body (queued, delivering, dead, pending)
+
+
+def _settle(fut: asyncio.Future[Accepted], result: Accepted) -> None:
+    if not fut.done():
+        fut.set_result(result)
+
+
+class MessageQueue:
+    """The server process's queue (see the module docstring)."""
+
+    def __init__(self, store: Callable[[], Store], durable: Callable[[], Awaitable[None]],
+                 connect_timeout: float = 5.0, read_timeout: float = 60.0, fail_timeout: float = 10.0,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.store, self.durable = store, durable
+        self.loop = loop or asyncio.get_running_loop()
+        self.connect_timeout, self.read_timeout, self.fail_timeout = connect_timeout, read_timeout, fail_timeout
+        self.specs: dict[str, Spec] = {}
+        self.msgs: dict[str, Msg] = {}
+        self.by_key: dict[tuple[str, str], Msg] = {}
+        self.counters: dict[str, Counters] = {}
+        self.heap: list[tuple[float, Msg]] = []  # due times of dispatchable messages (lazy: checked on pop)
+        self.lanes: dict[tuple[str, str], deque[Msg]] = {}  # order_by_header lanes: only the head is in the heap
+        self.backlog: dict[str, deque[Msg]] = {}  # due, but every target of the project is at `concurrency`
+        self.inflight: dict[Target, int] = {}
+        self.acted: dict[str, int] = {}  # redrive counters acted on
+        self.batch: list[Msg] = []
+        self.flushing = False
+        self.state_ops: dict[str, Op] = {}
+        self.state_flushing = False
+        self.closed = False
+        self.halted = False  # no dispatching (stepping down); accepting may go on until closed
+        self.loaded = False
+        self.wake = asyncio.Event()
+        self.commits = 0
+        self._last_id = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._deliveries: set[asyncio.Task[Any]] = set()
+        self._main: list[asyncio.Task[Any]] = []
+        self._rand = random.Random()
+
+    def __repr__(self) -> str:
+        return (f"<MessageQueue messages={len(self.msgs)} pending={len(self.batch)} in_flight={len(self._deliveries)} "
+                f"projects={len(self.specs)} closed={self.closed}>")
+
+    # ---- lifecycle ----
+    async def start(self) -> None:
+        """Load every stored message (off the loop), then start dispatching."""
+        store = self.store()
+        rows, states, meta = await asyncio.to_thread(
+            lambda: (store.scan(NS_MSG), dict(store.scan(NS_STATE)), store.scan(NS_META)))
+        for key, value in meta:
+            if key.startswith("redrive/") and isinstance(value, int):
+                self.acted[key[len("redrive/"):]] = value
+        seen = set()
+        for mid, rec in rows:
+            m = _msg_from(mid, rec, states.get(mid))
+            seen.add(mid)
+            self._index(m)
+        for mid, st in states.items():
+            if mid not in seen:  # delivered (its body deleted), or a dead one pruned of its body
+                self._index(_msg_from(mid, {}, st))
+        self.loaded = True
+        n = sum(1 for m in self.msgs.values() if m.state == QUEUED)
+        if self.msgs:
+            log.info("delivery: resumed %d stored message(s), %d to deliver", len(self.msgs), n)
+        if not self.halted:
+            self._main = [self.loop.create_task(self._dispatch_loop()), self.loop.create_task(self._tick())]
+        self._redrive_all()
+
+    def _index(self, m: Msg) -> None:
+        self.msgs[m.id] = m
+        c = self._counters(m.project)
+        if m.state in (QUEUED, DELIVERING, DEAD):
+            c.held += 1
+            c.held_bytes += m.size
+        if m.idem is not None:
+            self.by_key[(m.project, m.idem)] = m
+        if m.state == QUEUED:
+            self._enqueue(m)
+
+    async def halt(self) -> None:
+        """Deliver nothing more: deliveries in flight are cut (they stay queued in the store, so the next
+        active delivers them again). Accepting goes on until close() (requests draining)."""
+        self.halted = True
+        for t in self._main:
+            t.cancel()
+        for t in list(self._deliveries):
+            t.cancel()
+        for t in [*self._main, *self._deliveries]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._main = []
+
+    async def close(self) -> None:
+        """Stop: pending accepts get UNAVAILABLE, deliveries in flight are cut, nothing more is dispatched."""
+        self.closed = self.halted = True
+        for t in self._main:
+            t.cancel()
+        for t in list(self._deliveries):
+            t.cancel()
+        for t in [*self._main, *self._deliveries]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._main = []
+        for m in self.batch:
+            for fut in m.waiters or []:
+                _settle(fut, (UNAVAILABLE, "", "the gateway stopped serving"))
+        self.batch = []
+        for spec in self.specs.values():
+            for c in spec.clients.values():
+                c.close()
+
+    def _spawn(self, coro: Any) -> None:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _counters(self, project: str) -> Counters:
+        c = self.counters.get(project)
+        if c is None:
+            c = self.counters[project] = Counters()
+        return c
+
+    # ---- configuration ----
+    def configure(self, doc: dict[str, Any] | None) -> None:
+        """The projects of a new configuration; a project's new redrive counter redrives its dead."""
+        specs: dict[str, Spec] = {}
+        for project in (doc or {}).get("projects") or []:
+            policy = delivery_policy(project)
+            if policy is not None:
+                name = project["name"]
+                specs[name] = Spec(project, policy, self.connect_timeout, self.read_timeout, self.specs.get(name))
+        for name, old in self.specs.items():
+            if name not in specs:
+                for c in old.clients.values():
+                    c.close()
+        self.specs = specs
+        for name in list(self.backlog):
+            if name in specs:
+                self.wake.set()
+        if self.loaded:
+            self._redrive_all()
+            self.wake.set()
+
+    def _redrive_all(self) -> None:
+        for name, spec in self.specs.items():
+            if spec.redrive > self.acted.get(name, 0):
+                self._spawn(self.redrive(name, spec.redrive))
+
+    # ---- accepting ----
+    def next_id(self) -> str:
+        n = time.time_ns()
+        if n <= self._last_id:
+            n = self._last_id + 1
+        self._last_id = n
+        return f"{n:016x}{os.urandom(3).hex()}"
+
+    def submit(self, project: str, method: bytes, rest: bytes, query: bytes, head: bytes, body: bytes,
+               idem: str | None, order: str | None) -> asyncio.Future[Accepted]:
+        """Accept one message; the future answers once it is durable (see the module docstring)."""
+        fut: asyncio.Future[Accepted] = self.loop.create_future()
+        spec = self.specs.get(project)
+        if self.closed or not self.loaded:
+            fut.set_result((UNAVAILABLE, "", "the gateway is not serving"))
+            return fut
+        if spec is None:
+            fut.set_result((UNAVAILABLE, "", f"project {project!r} has no queued delivery on this gateway"))
+            return fut
+        c = self._counters(project)
+        now = time.time()
+        if idem is not None:
+            old = self.by_key.get((project, idem))
+            if old is not None and now < old.since + spec.rules.ttl:
+                c.duplicates += 1
+                if old.waiters is not None:
+                    old.waiters.append(fut)
+                else:
+                    fut.set_result((ACCEPTED, old.id, "duplicate"))
+                return fut
+        size = len(body)
+        if size > spec.max_body_bytes:
+            c.too_large += 1
+            fut.set_result((TOO_LARGE, "", f"the body is {size} bytes; this API queues at most "
+                                            f"{spec.max_body_bytes}"))
+            return fut
+        if c.held + 1 > spec.max_messages or c.held_bytes + size > spec.max_bytes:
+            c.full += 1
+            fut.set_result((FULL, "", f"the queue holds {c.held} messages, {c.held_bytes} bytes "
+                                      f"(max_messages {spec.max_messages}, max_bytes {spec.max_bytes})"))
+            return fut
+        m = Msg(self.next_id(), project, now)
+        m.method, m.rest, m.query, m.head, m.body, m.size = method, rest, query, head, body, size
+        m.idem, m.order = idem, order
+        m.waiters = [fut]
+        c.held += 1
+        c.held_bytes += size
+        self.msgs[m.id] = m
+        if idem is not None:
+            self.by_key[(project, idem)] = m
+        self.batch.append(m)
+        if not self.flushing:
+            self.flushing = True
+            self._spawn(self._flush())
+        return fut
+
+    async def _flush(self) -> None:
+        """Group commit: one store commit (in a thread) and one durability wait per batch."""
+        try:
+            while self.batch and not self.closed:
+                batch, self.batch = self.batch, []
+                ops = [Op(NS_MSG, m.id, m.record()) for m in batch]
+                store = self.store()
+                try:
+                    await asyncio.wait_for(asyncio.to_thread(store.commit, ops), TIMEOUT)
+                except Exception as exc:
+                    for m in batch:  # nothing stored: memory forgets them too
+                        self._forget(m)
+                    self._release(batch, UNAVAILABLE, f"not stored: {exc or type(exc).__name__}")
+                    continue
+                self.commits += 1
+                try:
+                    await asyncio.wait_for(self.durable(), TIMEOUT)
+                except Exception as exc:  # stored here, maybe on the passive: the answer is "unknown"
+                    for m in batch:
+                        self._enqueue(m)
+                    self._release(batch, UNAVAILABLE, f"stored but not confirmed durable: {exc or type(exc).__name__}")
+                    continue
+                for m in batch:
+                    self._enqueue(m)
+                self._release(batch, ACCEPTED, "")
+        finally:
+            self.flushing = False
+
+    def _forget(self, m: Msg) -> None:
+        self.msgs.pop(m.id, None)
+        if m.idem is not None and self.by_key.get((m.project, m.idem)) is m:
+            del self.by_key[(m.project, m.idem)]
+        c = self._counters(m.project)
+        c.held -= 1
+        c.held_bytes -= m.size
+
+    def _release(self, batch: list[Msg], status: int, why: str) -> None:
+        n = 0
+        for m in batch:
+            waiters, m.waiters = m.waiters or [], None
+            n += 1
+            if status == ACCEPTED:
+                self._counters(m.project).accepted += 1
+            else:
+                self._counters(m.project).unavailable += 1
+            for fut in waiters:
+                _settle(fut, (status, m.id if status == ACCEPTED else "", why))
+        if status != ACCEPTED:
+            log.warning("delivery: %d message(s) answered 503: %s", n, why)
+        self.wake.set()
+
+    # ---- reading ----
+    def find(self, mid: str) -> asyncio.Future[dict[str, Any] | None]:
+        """`lookup` as a (done) future: the same call as a worker's RemoteQueue."""
+        fut: asyncio.Future[dict[str, Any] | None] = self.loop.create_future()
+        fut.set_result(self.lookup(mid))
+        return fut
+
+    def lookup(self, mid: str) -> dict[str, Any] | None:
+        m = self.msgs.get(mid)
+        if m is None or m.waiters is not None:  # (not yet durable: not accepted yet)
+            return None
+        return m.view()
+
+    # ---- dispatching ----
+    def _enqueue(self, m: Msg) -> None:
+        """`m` is queued: into its lane (order_by_header) or straight into the due heap."""
+        if m.order is not None:
+            lane_key = (m.project, m.order)
+            m.lane = lane_key
+            lane = self.lanes.get(lane_key)
+            if lane is None:
+                lane = self.lanes[lane_key] = deque()
+            if m in lane:
+                if lane[0] is m:
+                    heapq.heappush(self.heap, (m.next_at, m))
+                return
+            # accept order: ids grow with acceptance, and stored messages are loaded in id order
+            if lane and lane[-1].id > m.id:
+                items = sorted([*lane, m], key=lambda x: x.id)
+                lane.clear()
+                lane.extend(items)
+                if lane[0] is m:
+                    heapq.heappush(self.heap, (m.next_at, m))
+                return
+            lane.append(m)
+            if lane[0] is not m:
+                return
+        heapq.heappush(self.heap, (m.next_at, m))
+
+    def _lane_done(self, m: Msg) -> None:
+        """`m` left its lane (delivered or dead): the next of its key becomes eligible."""
+        if m.lane is None:
+            return
+        lane = self.lanes.get(m.lane)
+        if lane is not None:
+            with contextlib.suppress(ValueError):
+                lane.remove(m)
+            if lane:
+                nxt = lane[0]
+                if nxt.state == QUEUED:
+                    heapq.heappush(self.heap, (nxt.next_at, nxt))
+            else:
+                del self.lanes[m.lane]
+
+    async def _dispatch_loop(self) -> None:
+        while not self.closed:
+            self.wake.clear()
+            delay = self.dispatch(time.time())
+            if delay is None:
+                await self.wake.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), delay)
+
+    def dispatch(self, now: float) -> float | None:
+        """Start every due delivery there is room for; seconds until the next due message, or None."""
+        for name, backlog in list(self.backlog.items()):
+            spec = self.specs.get(name)
+            while backlog and spec is not None:
+                m = backlog[0]
+                if m.state != QUEUED:
+                    backlog.popleft()
+                    continue
+                if not self._start(m, spec, now):
+                    break
+                backlog.popleft()
+            if not backlog:
+                del self.backlog[name]
+        heap = self.heap
+        while heap:
+            at, m = heap[0]
+            if m.state != QUEUED or at != m.next_at:  # stale entry
+                heapq.heappop(heap)
+                continue
+            if at > now:
+                return at - now
+            heapq.heappop(heap)
+            spec = self.specs.get(m.project)
+            if spec is None or name_busy(self.backlog, m.project):
+                self.backlog.setdefault(m.project, deque()).append(m)  # waits for a slot or its project
+                continue
+            if not self._start(m, spec, now):
+                self.backlog.setdefault(m.project, deque()).append(m)
+        return None
+
+    def _start(self, m: Msg, spec: Spec, now: float) -> bool:
+        mono = time.monotonic()
+        tried: set[Target] = {t for t in spec.clients if self.inflight.get(t, 0) >= spec.concurrency}
+        if len(tried) == len(spec.clients):
+            return False
+        target = spec.balancer.pick(mono, tried)
+        if target is None:  # every target with room is marked down: try one anyway (it may be back)
+            free = [t for t in spec.clients if t not in tried]
+            target = min(free, key=lambda t: t.down_until)
+        d = self._decide(m, Event("dispatch"), spec.rules, now)
+        if d is None:
+            return True
+        m.target = target
+        self.inflight[target] = self.inflight.get(target, 0) + 1
+        task = self.loop.create_task(self._deliver(m, spec, target))
+        self._deliveries.add(task)
+        task.add_done_callback(self._deliveries.discard)
+        return True
+
+    def _decide(self, m: Msg, event: Event, rules: Rules, now: float) -> Decision | None:
+        try:
+            d = decide(Message(m.state, m.attempts, m.next_at, m.since), event, rules, now, self._rand.random())
+        except IllegalEvent as exc:
+            log.debug("delivery: %s: %s", m, exc)
+            return None
+        was = m.state
+        m.state, m.attempts, m.next_at, m.since = d.state, d.attempts, d.next_at, d.since
+        if event.kind == "outcome":
+            m.last_status, m.last_error = event.status, event.error
+        if d.state in FINAL:
+            m.done_at = now
+            m.reason = d.reason
+            self._lane_done(m)
+            c = self._counters(m.project)
+            if d.state == DELIVERED:
+                c.delivered += 1
+                c.held -= 1
+                c.held_bytes -= m.size
+                m.body = m.head = b""
+                took = max(0.0, now - m.accepted_at)
+                c.lat[bisect_left(BUCKETS, took)] += 1
+                c.lat_sum += took
+            else:
+                c.dead += 1
+                log.warning("delivery: message %s of %s is dead: %s", m.id, m.project, d.reason)
+        elif was == DEAD:  # redriven
+            m.done_at, m.reason = None, ""
+        if d.store:
+            self._write_state(m)
+        return d
+
+    async def _deliver(self, m: Msg, spec: Spec, target: Target) -> None:
+        client = spec.clients[target]
+        c = self._counters(m.project)
+        c.attempts += 1
+        upath = target.join_base + m.rest if m.rest else target.base_path or b"/"
+        extra = b"X-Tandem-Message-Id: %s\r\nX-Tandem-Attempt: %d\r\n" % (m.id.encode(), m.attempts + 1)
+        if m.idem is None:
+            extra += b"Idempotency-Key: %s\r\n" % m.id.encode()
+        head = b"".join([m.method, b" ", upath, m.query, target.line_tail,
+                         b"Content-Length: %d\r\n" % m.size, extra, m.head])
+        status: int | None = None
+        error: str | None = None
+        try:
+            status = await client.send(head, m.body, spec.connect_timeout, spec.read_timeout)
+        except DeliveryError as exc:
+            error = str(exc)
+            Balancer.failed(target, time.monotonic(), self.fail_timeout)
+        except asyncio.CancelledError:
+            self.inflight[target] -= 1
+            raise
+        except Exception as exc:  # a bug must not lose the message: it is one failed attempt
+            log.exception("delivery: attempt on %s failed", m)
+            error = f"{type(exc).__name__}: {exc}"
+        else:
+            Balancer.succeeded(target)
+        self.inflight[target] -= 1
+        if self.halted:
+            return
+        if status is None or status >= 500:
+            c.failed_attempts += 1
+        elif status not in (spec.rules.delivered or range(200, 300)):
+            c.failed_attempts += 1
+        d = self._decide(m, Event("outcome", status, error), spec.rules, time.time())
+        if d is not None and d.state == QUEUED:
+            self._enqueue(m)
+        self.wake.set()
+
+    # ---- state writes ----
+    def _write_state(self, m: Msg) -> None:
+        ops = self.state_ops
+        ops[m.id] = Op(NS_STATE, m.id, m.state_record())
+        if m.state == DELIVERED:
+            ops[m.id + "\x00"] = Op(NS_MSG, m.id, None)  # the body goes at once
+        if not self.state_flushing:
+            self.state_flushing = True
+            self._spawn(self._flush_states())
+
+    async def _flush_states(self) -> None:
+        try:
+            while self.state_ops and not self.closed:
+                items = list(self.state_ops.items())[:STATE_BATCH]
+                for k, _ in items:
+                    del self.state_ops[k]
+                try:
+                    await asyncio.to_thread(self.store().commit, [op for _, op in items])
+                except Exception as exc:  # a lost state write: at worst one more delivery after a failover
+                    log.warning("delivery: cannot store %d state change(s): %s", len(items), exc)
+                    await asyncio.sleep(0.5)
+        finally:
+            self.state_flushing = False
+
+    # ---- redrive, expiry, retention ----
+    async def redrive(self, project: str, counter: int) -> int:
+        """Put the project's dead messages back in the queue; stores that `counter` was acted on."""
+        spec = self.specs.get(project)
+        rules = spec.rules if spec is not None else Rules()
+        now = time.time()
+        n = 0
+        for m in list(self.msgs.values()):
+            if m.project == project and m.state == DEAD:
+                if self._decide(m, Event("redrive"), rules, now) is not None:
+                    self._enqueue(m)
+                    n += 1
+        self.acted[project] = counter
+        try:
+            await asyncio.to_thread(self.store().commit, [Op(NS_META, f"redrive/{project}", counter)])
+        except Exception as exc:
+            log.warning("delivery: cannot store the redrive counter of %s: %s", project, exc)
+        log.info("delivery: redrive %d of %s: %d dead message(s) queued again", counter, project, n)
+        self.wake.set()
+        return n
+
+    async def _tick(self) -> None:
+        while not self.closed:
+            await asyncio.sleep(TICK)
+            try:
+                await self.expire(time.time())
+            except Exception:  # the ticker must outlive one failure
+                log.exception("delivery tick failed")
+
+    async def expire(self, now: float) -> None:
+        """Queued messages past their ttl become dead; final ones past retention are deleted."""
+        gone: list[Msg] = []
+        for m in list(self.msgs.values()):
+            spec = self.specs.get(m.project)
+            rules = spec.rules if spec is not None else None
+            if m.state == QUEUED and rules is not None and now >= m.since + rules.ttl:
+                self._decide(m, Event("expire"), rules, now)
+            elif m.state in FINAL and m.done_at is not None:
+                retention = spec.retention if spec is not None else 7 * 86_400.0
+                ttl = rules.ttl if rules is not None else 0.0
+                if now >= max(m.done_at + retention, m.since + ttl):
+                    gone.append(m)
+        if not gone:
+            return
+        for i in range(0, len(gone), DELETE_CHUNK):
+            chunk = gone[i:i + DELETE_CHUNK]
+            ops = [Op(NS_STATE, m.id, None) for m in chunk] + [Op(NS_MSG, m.id, None) for m in chunk
+                                                                 if m.state == DEAD]
+            try:
+                await asyncio.to_thread(self.store().commit, ops)
+            except Exception as exc:
+                log.warning("delivery: cannot delete %d message(s) past retention: %s", len(chunk), exc)
+                return
+            for m in chunk:
+                self.msgs.pop(m.id, None)
+                if m.idem is not None and self.by_key.get((m.project, m.idem)) is m:
+                    del self.by_key[(m.project, m.idem)]
+                if m.state == DEAD:
+                    c = self._counters(m.project)
+                    c.held -= 1
+                    c.held_bytes -= m.size
+
+    # ---- seeing it ----
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per project: depth (queued + delivering), dead, oldest queued age, the counters."""
+        now = time.time()
+        out: dict[str, dict[str, Any]] = {}
+        for name, c in self.counters.items():
+            out[name] = {"depth": 0, "dead_now": 0, "oldest": 0.0, "c": c}
+        for m in self.msgs.values():
+            if m.waiters is not None:
+                continue
+            o = out[m.project]
+            if m.state in (QUEUED, DELIVERING):
+                o["depth"] += 1
+                o["oldest"] = max(o["oldest"], now - m.accepted_at)
+            elif m.state == DEAD:
+                o["dead_now"] += 1
+        return out
+
+    def totals(self) -> tuple[int, int]:
+        """(queued or in delivery, dead) over every project: what the feed poll reports to the AMS."""
+        q = d = 0
+        for m in self.msgs.values():
+            if m.state in (QUEUED, DELIVERING) and m.waiters is None:
+                q += 1
+            elif m.state == DEAD:
+                d += 1
+        return q, d
+
+    def metrics_text(self) -> str:
+        stats = self.stats()
+        lines = []
+
+        def family(name: str, kind: str, text: str, values: list[tuple[str, Any]]) -> None:
+            lines.append(f"# HELP {name} {text}")
+            lines.append(f"# TYPE {name} {kind}")
+            for labels, v in values:
+                lines.append(f"{name}{{{labels}}} {v}")
+
+        names = sorted(stats)
+        lab = {n: 'project="' + n.replace("\\", "\\\\").replace('"', '\\"') + '"' for n in names}
+        family("tandem_delivery_queue_depth", "gauge", "messages queued or in delivery",
+               [(lab[n], stats[n]["depth"]) for n in names])
+        family("tandem_delivery_dead", "gauge", "dead messages kept (redrivable)",
+               [(lab[n], stats[n]["dead_now"]) for n in names])
+        family("tandem_delivery_oldest_age_seconds", "gauge", "age of the oldest message not yet delivered",
+               [(lab[n], f"{stats[n]['oldest']:.3f}") for n in names])
+        family("tandem_delivery_held_bytes", "gauge", "body bytes held (the max_bytes budget)",
+               [(lab[n], stats[n]["c"].held_bytes) for n in names])
+        for attr, text in (("accepted", "messages accepted (202, durable)"),
+                           ("duplicates", "requests answered with an earlier message's id (Idempotency-Key)"),
+                           ("delivered", "messages delivered"), ("dead", "messages that became dead"),
+                           ("attempts", "delivery attempts"), ("failed_attempts", "delivery attempts that failed")):
+            family(f"tandem_delivery_{attr}_total", "counter", text,
+                   [(lab[n], getattr(stats[n]["c"], attr)) for n in names])
+        refused = []
+        for n in names:
+            c = stats[n]["c"]
+            refused += [(lab[n] + ',reason="queue_full"', c.full), (lab[n] + ',reason="payload_too_large"', c.too_large),
+                        (lab[n] + ',reason="unavailable"', c.unavailable)]
+        family("tandem_delivery_refused_total", "counter", "messages not accepted, by reason", refused)
+        lines.append("# HELP tandem_delivery_latency_seconds from accepted to delivered")
+        lines.append("# TYPE tandem_delivery_latency_seconds histogram")
+        for n in names:
+            c = stats[n]["c"]
+            acc = 0
+            for i, b in enumerate(BUCKETS):
+                acc += c.lat[i]
+                lines.append(f'tandem_delivery_latency_seconds_bucket{{{lab[n]},le="{b:g}"}} {acc}')
+            acc += c.lat[-1]
+            lines.append(f'tandem_delivery_latency_seconds_bucket{{{lab[n]},le="+Inf"}} {acc}')
+            lines.append(f"tandem_delivery_latency_seconds_sum{{{lab[n]}}} {c.lat_sum:.6f}")
+            lines.append(f"tandem_delivery_latency_seconds_count{{{lab[n]}}} {acc}")
+        return "\n".join(lines) + "\n"
+
+
+def name_busy(backlog: dict[str, deque[Msg]], project: str) -> bool:
+    """A project with a backlog takes new due messages behind it (accept order among the due)."""
+    b = backlog.get(project)
+    return b is not None and len(b) > 0
