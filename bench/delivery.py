@@ -196,6 +196,7 @@ class Results:
     sus_missing: list[int] = field(default_factory=list)
     sus_duplicates: list[int] = field(default_factory=list)
     drain_duplicates: list[int] = field(default_factory=list)
+    cpu_split: list[str] = field(default_factory=list)  # per phase: the pair's CPU per message, by process
     statuses: Counter[int] = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
     rabbit_client: str = "raw"
@@ -264,6 +265,7 @@ def render_section(r: Results, command: str, machine: str, started: str, minutes
     summary = ("Targets missed: " + "; ".join(ln.split("|")[1].strip() for ln in missed) + "."
                if missed else "Every target met.")
     notes = "".join(f"\n- {n}" for n in r.notes)
+    cpu = "\n".join(f"- {c}" for c in r.cpu_split) or "- (not measured)"
     return f"""## {SECTION}
 
 Issue 15's targets on this machine: a sync-replicated AGS pair (`haprofile1`, two `tandem server`
@@ -288,6 +290,9 @@ Medians of the runs.
 {per_run(r)}
 
 Responses the clients saw (status: count, all Tandem phases): {statuses}.{notes}
+
+The pair's CPU per accepted message, by process (and how busy each kept a cpu):
+{cpu}
 
 Command: `{command}` ({started}, {minutes:.0f} min; {machine}).
 """
@@ -521,14 +526,16 @@ def raw_publisher_main(conns: int, queue: str, body_size: int, start_at: float, 
 
 # ---------------------------------------------------------------- processes and measurement
 
-def cpu_ticks(pids: list[int]) -> int:
-    """utime + stime of processes and their children (gateway workers), in clock ticks."""
+def cpu_ticks(pids: list[int], children: bool = True, only_children: bool = False) -> int:
+    """utime + stime of processes and (unless not `children`) their children (gateway workers), in clock
+    ticks; `only_children`: the children's alone."""
     total = 0
     for pid in pids:
-        group = [pid]
-        children = Path(f"/proc/{pid}/task/{pid}/children")
+        group = [] if only_children else [pid]
+        kids = Path(f"/proc/{pid}/task/{pid}/children")
         with contextlib.suppress(OSError):
-            group += [int(p) for p in children.read_text().split()]
+            if children or only_children:
+                group += [int(p) for p in kids.read_text().split()]
         for p in group:
             try:
                 fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
@@ -759,6 +766,10 @@ class Bench:
                "--timeout", "10s", "-s", str(script), f"http://127.0.0.1:{self.active.client_port}/{PROJECT}/m"]
         watch = PairWatch(self.home, self.active, self.passive)
         watch.start()
+        split = {"active server process": lambda: cpu_ticks([self.active.pid], children=False),
+                 "active workers": lambda: cpu_ticks([self.active.pid], only_children=True),
+                 "passive": lambda: cpu_ticks([self.passive.pid])}
+        split0 = {k: f() for k, f in split.items()}
         pair0, children0 = cpu_ticks(self.pair_pids()), _children_cpu()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
@@ -770,6 +781,7 @@ class Bench:
             watch.stop()
         wrk_cpu_s = _children_cpu() - children0  # wrk is the only child reaped meanwhile
         spent = (cpu_ticks(self.pair_pids()) - pair0) / os.sysconf("SC_CLK_TCK")
+        split_s = {k: (f() - split0[k]) / os.sysconf("SC_CLK_TCK") for k, f in split.items()}
         stats = parse_wrk(out)
         if "requests" not in stats:
             raise RuntimeError(f"wrk gave no figures:\n{out}")
@@ -783,12 +795,16 @@ class Bench:
         n = max(1, len(accepted))
         stats.update(accepted=float(len(accepted)), rate=len(accepted) / stats["seconds"],
                      pair_cpu_us=spent * 1e6 / n, wrk_cpu_us=wrk_cpu_s * 1e6 / max(1.0, stats["requests"]))
+        shares = ", ".join(f"{k} {v * 1e6 / n:.0f} us ({v / stats['seconds']:.0%} of a cpu)"
+                           for k, v in split_s.items())
+        self.res.cpu_split.append(f"{label}: {shares}")
         for bad in watch.problems():
             self.res.notes.append(f"{label}: {bad}")
         other = {k: v for k, v in statuses.items() if k != 202}
         print(f"  {label}: {stats['rate']:,.0f} accepted/s  p50 {stats.get('p50', 0):.2f} ms  "
               f"p99 {stats.get('p99', 0):.2f} ms  pair cpu {stats['pair_cpu_us']:.0f} us/msg  "
-              f"non-202 {dict(other) or 0}  socket errors {stats['errors']:.0f}  pair {watch.summary()}", flush=True)
+              f"non-202 {dict(other) or 0}  socket errors {stats['errors']:.0f}  pair {watch.summary()}\n"
+              f"    per message: {shares}", flush=True)
         return stats, statuses, accepted
 
     # ---- phases
@@ -842,7 +858,8 @@ class Bench:
         self.res.wrk_cpu.append(st["wrk_cpu_us"])
         if lat and min(lat) < 0:
             self.res.notes.append(f"sustained {i}: {sum(1 for x in lat if x < 0)} messages reached the backend "
-                                  "before their client read the 202 (delivery started before the answer)")
+                                  "before their client had read the 202 (delivery may start once the message is "
+                                  "stored on both halves; negative latencies are kept in the percentiles)")
         if missing and not self.args.dry_run:
             self.res.notes.append(f"sustained {i}: {missing} messages that got a 202 had not reached the backend "
                                   f"{w['took']:.0f} s after the run (queue depth {w['depth']})")
@@ -929,6 +946,23 @@ class Bench:
               f"{fmt_ms(percentile(lat, 99))} ms  broker cpu {fmt_ms(broker)} us/msg (connect phase "
               f"{(b_start - b0) / os.sysconf('SC_CLK_TCK'):.1f} s cpu)  queue holds {depth:,}  errors {len(errors)}",
               flush=True)
+
+    def counters_report(self) -> None:
+        """The gateway's delivery counters for q at the end (accepted, delivered, attempts, refusals...)."""
+        import httpx
+
+        try:
+            text = httpx.get(f"{self.active.ha}/metrics", timeout=5, trust_env=False).text
+        except httpx.HTTPError as exc:
+            self.res.notes.append(f"the active's /metrics did not answer at the end: {exc!r}")
+            return
+        found = []
+        for line in text.splitlines():
+            m = re.match(r'^tandem_delivery_(\w+)\{project="q"(,reason="(\w+)")?\}\s+(\S+)$', line)
+            if m and not m.group(1).startswith("latency"):
+                found.append(f"{m.group(1)}{'/' + m.group(3) if m.group(3) else ''}={m.group(4)}")
+        if found:
+            self.res.notes.append("the active gateway's delivery metrics for q at the end: " + ", ".join(found))
 
     def logs_report(self) -> None:
         for s in (self.active, self.passive):
@@ -1056,6 +1090,7 @@ def main() -> int:
             if not args.skip_tandem:
                 for i in range(args.runs):
                     bench.sustained(i)
+                bench.counters_report()
                 bench.logs_report()
             bench.res.fsync_end = fsync_rate(folder)[0]
             print(f"fsync at the end: {bench.res.fsync_end:,.0f}/s", flush=True)
