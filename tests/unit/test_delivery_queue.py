@@ -1,0 +1,196 @@
+"""The server process's message queue (ags/delivery/queue.py) over a real SQLite store and an
+in-process echo backend: group commit, what a failed commit or durability wait answers, resuming
+from the store, per-key order, halting, redrive and retention."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from tandem.ags.delivery.queue import ACCEPTED, NS_MSG, NS_STATE, UNAVAILABLE, MessageQueue
+from tandem.store import Op
+from tandem.store.sqlite import SqliteStore
+from tests.support.ags import make_document, project
+from tests.support.echo import EchoServer
+from tests.support.harness import wait_for_async
+
+HEAD = b"X-Test: 1\r\n\r\n"
+
+
+def _doc(url: str, redrive: int = 0, **policy: Any) -> dict[str, Any]:
+    p = project("q", "/q", url, policies=[{"type": "delivery", "backoff_initial": 0.02, "backoff_max": 0.05,
+                                           **policy}])
+    if redrive:
+        p["redrive"] = redrive
+    return make_document([p])
+
+
+def _run(fn: Callable[[SqliteStore, EchoServer, str, int], Awaitable[None]], tmp: Path) -> None:
+    async def main() -> None:
+        store = SqliteStore(str(tmp / "s.db"))
+        echo = EchoServer("b")
+        port = await echo.start("127.0.0.1", 0)
+        try:
+            await asyncio.wait_for(fn(store, echo, f"http://127.0.0.1:{port}", port), 30)
+        finally:
+            echo.close()
+            store.close()
+    asyncio.run(main())
+
+
+async def _ok() -> None:
+    return None
+
+
+def _queue(store: SqliteStore, durable: Callable[[], Awaitable[None]] = _ok) -> MessageQueue:
+    return MessageQueue(lambda: store, durable, connect_timeout=1.0, read_timeout=5.0, fail_timeout=0.05)
+
+
+def _keys(echo: EchoServer) -> list[str]:
+    return [dict(r["headers"]).get("Idempotency-Key", "") for r in echo.requests]
+
+
+def submit(q: MessageQueue, body: bytes = b"b", idem: str | None = None, order: str | None = None,
+           rest: bytes = b"/x") -> asyncio.Future[Any]:
+    """As the gateway hands it over: the client's Idempotency-Key is one of the forwarded headers."""
+    head = (b"Idempotency-Key: %s\r\n" % idem.encode() if idem else b"") + HEAD
+    path, _, query = rest.partition(b"?")
+    return q.submit("q", b"POST", path, b"?" + query if query else b"", head, body, idem, order)
+
+
+def test_accepts_are_group_committed_and_all_delivered(tmp_path: Path) -> None:
+    async def t(store: SqliteStore, echo: EchoServer, url: str, _: int) -> None:
+        q = _queue(store)
+        q.configure(_doc(url))
+        await q.start()
+        results = await asyncio.gather(*[submit(q, b"m%d" % i, f"k{i}") for i in range(300)])
+        assert all(r[0] == ACCEPTED for r in results)
+        assert q.commits < 30, f"{q.commits} commits for 300 messages: not grouped"
+        await wait_for_async(lambda: len(echo.requests) >= 300, 10, "all delivered")
+        assert sorted(_keys(echo)) == sorted(f"k{i}" for i in range(300))
+        await wait_for_async(lambda: not store.scan(NS_MSG), 5, "delivered bodies deleted from the store")
+        assert {v["s"] for _, v in store.scan(NS_STATE)} == {"delivered"}
+        await q.close()
+    _run(t, tmp_path)
+
+
+def test_a_failed_commit_answers_unavailable_and_forgets_the_batch(tmp_path: Path) -> None:
+    async def t(store: SqliteStore, echo: EchoServer, url: str, _: int) -> None:
+        q = _queue(store)
+        q.configure(_doc(url, max_messages=2))
+        await q.start()
+        real = store.commit
+        store.commit = lambda ops: (_ for _ in ()).throw(OSError("disk full"))  # type: ignore[method-assign]
+        r = await submit(q, idem="a")
+        assert r[0] == UNAVAILABLE and "not stored" in r[2]
+        assert not q.msgs and q.counters["q"].held == 0 and ("q", "a") not in q.by_key
+        store.commit = real  # type: ignore[method-assign]
+        r2 = await submit(q, idem="a")  # the retry makes the message (the first one never existed)
+        assert r2[0] == ACCEPTED and r2[1]
+        await q.close()
+    _run(t, tmp_path)
+
+
+def test_a_failed_durability_wait_is_an_unknown_answer_and_the_retry_gets_the_same_id(tmp_path: Path) -> None:
+    async def t(store: SqliteStore, echo: EchoServer, url: str, _: int) -> None:
+        fail = [True]
+
+        async def durable() -> None:
+            if fail[0]:
+                raise RuntimeError("the passive did not confirm")
+
+        q = _queue(store, durable)
+        q.configure(_doc(url))
+        await q.start()
+        r = await submit(q, idem="pay-1")
+        assert r[0] == UNAVAILABLE and "not confirmed durable" in r[2]
+        assert len(store.scan(NS_MSG)) + len(store.scan(NS_STATE)) == 1, "stored: the answer was 'unknown'"
+        fail[0] = False
+        r2 = await submit(q, idem="pay-1")
+        assert r2[0] == ACCEPTED and r2[2] == "duplicate"
+        await wait_for_async(lambda: _keys(echo) == ["pay-1"], 5, "delivered once")
+        await q.close()
+    _run(t, tmp_path)
+
+
+def test_a_new_queue_resumes_from_the_store_and_a_halted_one_delivers_nothing(tmp_path: Path) -> None:
+    async def t(store: SqliteStore, echo: EchoServer, url: str, port: int) -> None:
+        down = f"http://127.0.0.1:{port + 1 if port < 65535 else port - 1}"
+        q1 = _queue(store)
+        q1.configure(_doc(down, max_attempts=1000))
+        await q1.start()
+        results = await asyncio.gather(*[submit(q1, idem=f"r{i}") for i in range(20)])
+        assert all(r[0] == ACCEPTED for r in results)
+        await q1.halt()
+        attempts = q1.counters["q"].attempts
+        q1.configure(_doc(url, max_attempts=1000))  # even pointed at a live backend: it is halted
+        await asyncio.sleep(0.2)
+        assert not echo.requests and q1.counters["q"].attempts == attempts
+        await q1.close()
+
+        q2 = _queue(store)  # the next activation: from the store
+        q2.configure(_doc(url, max_attempts=1000))
+        await q2.start()
+        await wait_for_async(lambda: len(echo.requests) >= 20, 10, "resumed and delivered")
+        assert sorted(_keys(echo)) == sorted(f"r{i}" for i in range(20))
+        dup = await submit(q2, idem="r3")  # the dedup index came back with the store
+        assert dup[0] == ACCEPTED and dup[2] == "duplicate"
+        await q2.close()
+    _run(t, tmp_path)
+
+
+def test_messages_with_the_same_order_key_go_one_at_a_time_in_accept_order(tmp_path: Path) -> None:
+    async def t(store: SqliteStore, echo: EchoServer, url: str, _: int) -> None:
+        q = _queue(store)
+        q.configure(_doc(url, order_by_header="X-Account", concurrency=8))
+        await q.start()
+        futs = [submit(q, idem="a0", order="acct-a", rest=b"/flaky")]  # fails once: the rest of a wait
+        futs += [submit(q, idem=f"a{i}", order="acct-a") for i in range(1, 6)]
+        futs += [submit(q, idem=f"b{i}", order="acct-b") for i in range(5)]
+        assert all(r[0] == ACCEPTED for r in await asyncio.gather(*futs))
+        await wait_for_async(lambda: len(echo.requests) >= 12, 10, "all delivered")
+        keys = _keys(echo)
+        a = [k for k in keys if k.startswith("a")]
+        assert a == ["a0", "a0", "a1", "a2", "a3", "a4", "a5"], a
+        assert [k for k in keys if k.startswith("b")] == [f"b{i}" for i in range(5)]
+        await q.close()
+    _run(t, tmp_path)
+
+
+def test_dead_messages_are_redriven_once_per_counter_and_pruned_after_retention(tmp_path: Path) -> None:
+    async def t(store: SqliteStore, echo: EchoServer, url: str, _: int) -> None:
+        q = _queue(store)
+        q.configure(_doc(url, max_attempts=2, retention=60))
+        await q.start()
+        r = await submit(q, idem="d1", rest=b"/flaky?fail=2")  # dead after 2 attempts; the 3rd succeeds
+        await wait_for_async(lambda: (q.lookup(r[1]) or {}).get("state") == "dead", 5, "dead")
+        assert q.totals() == (0, 1)
+        q.configure(_doc(url, redrive=1, max_attempts=2, retention=60))
+        await wait_for_async(lambda: (q.lookup(r[1]) or {}).get("state") == "delivered", 5, "redriven")
+        assert _keys(echo) == ["d1"] * 3
+        await wait_for_async(lambda: store.get("msgmeta", "redrive/q") == 1, 5, "the counter acted on is stored")
+        q.configure(_doc(url, redrive=1, max_attempts=2, retention=60))  # the same counter: nothing again
+        await asyncio.sleep(0.1)
+        assert _keys(echo) == ["d1"] * 3
+        await q.expire(time.time() + 86_400 * 2)  # past retention and ttl: deleted
+        assert q.lookup(r[1]) is None and not store.scan(NS_STATE) and not store.scan(NS_MSG)
+        await q.close()
+    _run(t, tmp_path)
+
+
+def test_limits_count_held_messages_and_free_on_delivery(tmp_path: Path) -> None:
+    async def t(store: SqliteStore, echo: EchoServer, url: str, _: int) -> None:
+        store.commit([Op("unrelated", "k", 1)])
+        q = _queue(store)
+        q.configure(_doc(url, max_messages=2, max_bytes=1024, max_body_bytes=1000))
+        await q.start()
+        assert (await submit(q, b"x" * 1001))[0] == 2  # TOO_LARGE
+        a, b = await asyncio.gather(submit(q, b"x" * 600), submit(q, b"y" * 600))
+        assert a[0] == ACCEPTED and b[0] == 1, "the second would pass max_bytes"  # FULL
+        await wait_for_async(lambda: q.counters["q"].held == 0, 5, "delivered: its bytes are free again")
+        assert (await submit(q, b"y" * 600))[0] == ACCEPTED
+        await q.close()
+    _run(t, tmp_path)
