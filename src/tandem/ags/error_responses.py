@@ -15,11 +15,13 @@ clients and dashboards match on them, so they never change meaning.
     401     invalid_claims         jwt: issuer, audience or a required claim does not match
     403     ip_forbidden           ip-filter: the client address is denied or not allowed
     403     cors_forbidden         cors: a preflight from an origin, method or header not allowed
+    400     bad_request            (also) delivery: an Idempotency-Key longer than 256 characters
     404     no_route               no deployed project matches host, method and path
+    404     message_not_found      GET /_tandem/messages/{id}: no such message (or past its retention)
     405     method_not_allowed     TRACE (unless [gateway] AllowTrace)
     408     request_timeout        the request head took longer than ClientHeaderTimeout, or the body
                                    paused longer than ClientBodyTimeout
-    413     payload_too_large      the body is larger than the gateway's limit
+    413     payload_too_large      the body is larger than the gateway's limit (or delivery's max_body_bytes)
     414     uri_too_long           the request target is longer than the limit
     429     rate_limited           rate-limit: over the limit in this window (Retry-After, RateLimit-*)
     429     quota_exceeded         quota: the period's quota is used up (Retry-After, RateLimit-*)
@@ -32,6 +34,9 @@ clients and dashboards match on them, so they never change meaning.
     503     rate_limit_unavailable rate-limit with fail = "closed" while Redis is unreachable
     503     quota_unavailable      quota: the count could not be made durable (store or replication)
     503     auth_unavailable       jwt: the JWKS cannot be fetched and no key set is cached
+    503     queue_full             delivery: the project's max_messages or max_bytes is reached (Retry-After)
+    503     delivery_unavailable   delivery: the message was not confirmed stored (Retry-After: 1); retry
+                                   with the same Idempotency-Key
     503     too_many_connections   the serving process has MaxConnections client connections open
     504     upstream_timeout       connect or read timeout
     505     version_not_supported  a request line other than HTTP/1.0 or HTTP/1.1 (HTTP/0.9, HTTP/2.0)

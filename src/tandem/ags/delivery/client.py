@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 
 IDLE_MAX = 64
 MAX_HEAD = 64 * 1024
@@ -34,8 +35,9 @@ class _Conn:
 
 
 class TargetClient:
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, tls: bool = False) -> None:
         self.host, self.port = host, port
+        self.ssl: ssl.SSLContext | None = ssl.create_default_context() if tls else None  # verified, as the proxy
         self.idle: list[_Conn] = []
 
     def __repr__(self) -> str:
@@ -57,9 +59,12 @@ class TargetClient:
     async def _connect(self, timeout: float) -> _Conn:
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port, limit=MAX_HEAD), timeout)
+                asyncio.open_connection(self.host, self.port, limit=MAX_HEAD, ssl=self.ssl,
+                                        server_hostname=self.host if self.ssl else None), timeout)
         except TimeoutError:
             raise DeliveryError(f"connecting to {self.host}:{self.port} timed out") from None
+        except ssl.SSLError as exc:
+            raise DeliveryError(f"TLS with {self.host}:{self.port} failed: {exc.reason or exc}") from None
         except OSError as exc:
             raise DeliveryError(f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}") from None
         return _Conn(reader, writer)

@@ -29,15 +29,13 @@ a grouped state commit (a lost state write only means one more delivery:
 at least once). A delivered message's body is deleted at once; delivered
 and dead messages stay readable until `retention`.
 
-Store layout: ns "msg" (key = id) holds each message with its body, ns
-"msgstate" (key = id) the state once it is no longer the initial `queued`,
-ns "msgmeta" the redrive counters acted on (`redrive/<project>`).
+The message and its store records: `message.py`; a project's settings:
+`spec.py`; the counters and their metrics: `stats.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import heapq
 import logging
@@ -50,11 +48,13 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from tandem.ags.balancer import Balancer, Target
-from tandem.ags.delivery.client import DeliveryError, TargetClient
+from tandem.ags.delivery.client import DeliveryError
 from tandem.ags.delivery.decide import Decision, Event, IllegalEvent, Message, Rules, decide
+from tandem.ags.delivery.message import NS_META, NS_MSG, NS_STATE, Msg, message_from
+from tandem.ags.delivery.spec import Spec, delivery_policy
 from tandem.ags.delivery.states import DEAD, DELIVERED, DELIVERING, FINAL, QUEUED
+from tandem.ags.delivery.stats import Counters, render
 from tandem.ags.metrics import BUCKETS
-from tandem.model.policies import DeliveryPolicy, TimeoutPolicy
 from tandem.store import Op
 
 if TYPE_CHECKING:
@@ -62,7 +62,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tandem.ags.delivery")
 
-NS_MSG, NS_STATE, NS_META = "msg", "msgstate", "msgmeta"
 ACCEPTED, FULL, TOO_LARGE, UNAVAILABLE = 0, 1, 2, 3
 TIMEOUT = 10.0  # a waiter gets UNAVAILABLE if its batch takes longer (a hung store)
 TICK = 1.0
@@ -70,140 +69,6 @@ DELETE_CHUNK = 1000
 STATE_BATCH = 2000
 
 Accepted = tuple[int, str, str]  # (status, message id, detail)
-
-
-def iso(t: float | None) -> str | None:
-    if t is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
-
-
-class Spec:
-    """One project's delivery settings, compiled from a configuration."""
-
-    __slots__ = ("name", "rules", "concurrency", "max_messages", "max_bytes", "max_body_bytes", "retention",
-                 "order_header", "balancer", "clients", "connect_timeout", "read_timeout", "redrive", "digest")
-
-    def __init__(self, project: dict[str, Any], policy: DeliveryPolicy, connect_timeout: float,
-                 read_timeout: float, old: Spec | None) -> None:
-        self.name: str = project["name"]
-        self.rules = Rules(policy.max_attempts, policy.backoff_initial, policy.backoff_max, float(policy.ttl),
-                           frozenset(policy.delivered_statuses) if policy.delivered_statuses else None)
-        self.concurrency = policy.concurrency
-        self.max_messages, self.max_bytes = policy.max_messages, policy.max_bytes
-        self.max_body_bytes, self.retention = policy.max_body_bytes, float(policy.retention)
-        self.order_header = policy.order_by_header.lower() if policy.order_by_header else None
-        self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
-        for p in project.get("policies") or []:
-            if p.get("type") == "timeout":
-                t = TimeoutPolicy.model_validate(p)
-                if "connect" in t.model_fields_set:
-                    self.connect_timeout = float(t.connect)
-                if "read" in t.model_fields_set:
-                    self.read_timeout = float(t.read)
-        targets = [Target(t["url"], t.get("weight", 1)) for t in project["targets"]]
-        self.digest = repr([(t.url, t.weight) for t in targets])
-        self.balancer: Balancer
-        self.clients: dict[Target, TargetClient]
-        if old is not None and old.digest == self.digest:  # same targets: keep their state and connections
-            self.balancer, self.clients = old.balancer, old.clients
-        else:
-            if old is not None:
-                for c in old.clients.values():
-                    c.close()
-            self.balancer = Balancer(targets)
-            self.clients = {t: TargetClient(str(t.host), t.port) for t in targets}
-        r = project.get("redrive", 0)
-        self.redrive = r if isinstance(r, int) and not isinstance(r, bool) else 0
-
-    def __repr__(self) -> str:
-        return f"<Spec {self.name} targets={len(self.clients)} concurrency={self.concurrency}>"
-
-
-def delivery_policy(project: dict[str, Any]) -> DeliveryPolicy | None:
-    """The project's queued-delivery policy, or None (none, `direct`, or invalid: the chain refuses those)."""
-    for p in project.get("policies") or []:
-        if p.get("type") == "delivery":
-            try:
-                m = DeliveryPolicy.model_validate(p)
-            except ValueError:
-                return None
-            return m if m.mode == "queued" else None
-    return None
-
-
-class Msg:
-    __slots__ = ("id", "project", "state", "attempts", "next_at", "since", "accepted_at", "method", "rest",
-                 "query", "head", "body", "idem", "order", "last_status", "last_error", "done_at", "reason",
-                 "size", "waiters", "lane", "target")
-
-    def __init__(self, mid: str, project: str, accepted_at: float) -> None:
-        self.id, self.project, self.accepted_at = mid, project, accepted_at
-        self.state, self.attempts, self.next_at, self.since = QUEUED, 0, accepted_at, accepted_at
-        self.method = self.rest = self.query = self.head = self.body = b""
-        self.idem: str | None = None
-        self.order: str | None = None
-        self.last_status: int | None = None
-        self.last_error: str | None = None
-        self.done_at: float | None = None
-        self.reason = ""
-        self.size = 0
-        self.waiters: list[asyncio.Future[Accepted]] | None = None  # until durable: duplicates wait too
-        self.lane: tuple[str, str] | None = None
-        self.target: Target | None = None
-
-    def __repr__(self) -> str:
-        return f"<Msg {self.id} {self.project} {self.state} attempts={self.attempts}>"
-
-    def __lt__(self, other: Msg) -> bool:  # (heap ties)
-        return self.id < other.id
-
-    def record(self) -> dict[str, Any]:
-        return {"p": self.project, "m": self.method.decode("latin-1"), "t": self.rest.decode("latin-1"),
-                "q": self.query.decode("latin-1"), "h": self.head.decode("latin-1"),
-                "b": base64.b64encode(self.body).decode("ascii"), "k": self.idem, "o": self.order,
-                "a": self.accepted_at}
-
-    def state_record(self) -> dict[str, Any]:
-        return {"p": self.project, "s": QUEUED if self.state == DELIVERING else self.state, "n": self.attempts,
-                "at": self.next_at, "si": self.since, "a": self.accepted_at, "k": self.idem,
-                "ls": self.last_status, "le": self.last_error, "d": self.done_at, "r": self.reason}
-
-    def view(self) -> dict[str, Any]:
-        return {"id": self.id, "project": self.project, "state": self.state, "attempts": self.attempts,
-                "last_status": self.last_status, "last_error": self.last_error,
-                "accepted_at": iso(self.accepted_at),
-                "next_attempt_at": iso(self.next_at) if self.state == QUEUED else None,
-                "finished_at": iso(self.done_at), "reason": self.reason or None}
-
-
-def _msg_from(mid: str, rec: dict[str, Any], st: dict[str, Any] | None) -> Msg:
-    src = st if st is not None else rec
-    m = Msg(mid, str(src["p"]), float(src["a"]))
-    if rec:
-        m.method, m.rest = rec["m"].encode("latin-1"), rec["t"].encode("latin-1")
-        m.query, m.head = rec["q"].encode("latin-1"), rec["h"].encode("latin-1")
-        m.body = base64.b64decode(rec["b"])
-        m.size = len(m.body)
-        m.order = rec.get("o")
-    m.idem = src.get("k")
-    if st is not None:
-        m.state, m.attempts = str(st["s"]), int(st["n"])
-        m.next_at, m.since = float(st["at"]), float(st["si"])
-        m.last_status, m.last_error, m.done_at, m.reason = st.get("ls"), st.get("le"), st.get("d"), st.get("r") or ""
-    return m
-
-
-class Counters:
-    __slots__ = ("accepted", "duplicates", "full", "too_large", "unavailable", "delivered", "dead", "attempts",
-                 "failed_attempts", "lat", "lat_sum", "held", "held_bytes")
-
-    def __init__(self) -> None:
-        self.accepted = self.duplicates = self.full = self.too_large = self.unavailable = 0
-        self.delivered = self.dead = self.attempts = self.failed_attempts = 0
-        self.lat = [0] * (len(BUCKETS) + 1)
-        self.lat_sum = 0.0
-        self.held = self.held_bytes = 0  # messages holding a body (queued, delivering, dead, pending)
 
 
 def _settle(fut: asyncio.Future[Accepted], result: Accepted) -> None:
@@ -259,12 +124,12 @@ class MessageQueue:
                 self.acted[key[len("redrive/"):]] = value
         seen = set()
         for mid, rec in rows:
-            m = _msg_from(mid, rec, states.get(mid))
+            m = message_from(mid, rec, states.get(mid))
             seen.add(mid)
             self._index(m)
         for mid, st in states.items():
             if mid not in seen:  # delivered (its body deleted), or a dead one pruned of its body
-                self._index(_msg_from(mid, {}, st))
+                self._index(message_from(mid, {}, st))
         self.loaded = True
         n = sum(1 for m in self.msgs.values() if m.state == QUEUED)
         if self.msgs:
@@ -758,51 +623,7 @@ class MessageQueue:
         return q, d
 
     def metrics_text(self) -> str:
-        stats = self.stats()
-        lines = []
-
-        def family(name: str, kind: str, text: str, values: list[tuple[str, Any]]) -> None:
-            lines.append(f"# HELP {name} {text}")
-            lines.append(f"# TYPE {name} {kind}")
-            for labels, v in values:
-                lines.append(f"{name}{{{labels}}} {v}")
-
-        names = sorted(stats)
-        lab = {n: 'project="' + n.replace("\\", "\\\\").replace('"', '\\"') + '"' for n in names}
-        family("tandem_delivery_queue_depth", "gauge", "messages queued or in delivery",
-               [(lab[n], stats[n]["depth"]) for n in names])
-        family("tandem_delivery_dead", "gauge", "dead messages kept (redrivable)",
-               [(lab[n], stats[n]["dead_now"]) for n in names])
-        family("tandem_delivery_oldest_age_seconds", "gauge", "age of the oldest message not yet delivered",
-               [(lab[n], f"{stats[n]['oldest']:.3f}") for n in names])
-        family("tandem_delivery_held_bytes", "gauge", "body bytes held (the max_bytes budget)",
-               [(lab[n], stats[n]["c"].held_bytes) for n in names])
-        for attr, text in (("accepted", "messages accepted (202, durable)"),
-                           ("duplicates", "requests answered with an earlier message's id (Idempotency-Key)"),
-                           ("delivered", "messages delivered"), ("dead", "messages that became dead"),
-                           ("attempts", "delivery attempts"), ("failed_attempts", "delivery attempts that failed")):
-            family(f"tandem_delivery_{attr}_total", "counter", text,
-                   [(lab[n], getattr(stats[n]["c"], attr)) for n in names])
-        refused = []
-        for n in names:
-            c = stats[n]["c"]
-            refused += [(lab[n] + ',reason="queue_full"', c.full), (lab[n] + ',reason="payload_too_large"', c.too_large),
-                        (lab[n] + ',reason="unavailable"', c.unavailable)]
-        family("tandem_delivery_refused_total", "counter", "messages not accepted, by reason", refused)
-        lines.append("# HELP tandem_delivery_latency_seconds from accepted to delivered")
-        lines.append("# TYPE tandem_delivery_latency_seconds histogram")
-        for n in names:
-            c = stats[n]["c"]
-            acc = 0
-            for i, b in enumerate(BUCKETS):
-                acc += c.lat[i]
-                lines.append(f'tandem_delivery_latency_seconds_bucket{{{lab[n]},le="{b:g}"}} {acc}')
-            acc += c.lat[-1]
-            lines.append(f'tandem_delivery_latency_seconds_bucket{{{lab[n]},le="+Inf"}} {acc}')
-            lines.append(f"tandem_delivery_latency_seconds_sum{{{lab[n]}}} {c.lat_sum:.6f}")
-            lines.append(f"tandem_delivery_latency_seconds_count{{{lab[n]}}} {acc}")
-        return "\n".join(lines) + "\n"
-
+        return render(self.stats())
 
 def name_busy(backlog: dict[str, deque[Msg]], project: str) -> bool:
     """A project with a backlog takes new due messages behind it (accept order among the due)."""
