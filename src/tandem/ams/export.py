@@ -3,7 +3,8 @@
 The document holds projects, consumers (with key hashes and hashed
 passwords), gateway tokens (hashes) and each environment's revision and
 deployed snapshots; it leaves out what is not configuration: the admin token,
-the gateway registry and deployment history. Every list is sorted, so
+the gateway registry, deployment history and the redrive counters (an import
+keeps an environment's counters for the projects that stay deployed there). Every list is sorted, so
 export -> import into a fresh AMS -> export gives the same document.
 
 Import is all-or-nothing: the whole document is validated (each part by the
@@ -47,7 +48,7 @@ from tandem.ams.app_state import (
     now_iso,
 )
 from tandem.ams.models import Ident, JwtCredential, Name, Project, Strict, routes_conflict
-from tandem.ams.services.environments import channel, get_env, list_envs
+from tandem.ams.services.environments import channel, get_env, list_envs, redrive_counters
 from tandem.ams.services.registry import JOBS_CHANNEL
 from tandem.store import Op
 
@@ -216,7 +217,13 @@ def import_document(state: AmsState, doc: ExportDocument, prune: bool = False) -
             if current is not None:
                 revision = max(revision, int(get_env(store, name)["revision"]) + 1)
             projects = {p.name: p.model_dump(mode="json") for p in imported[name].projects} if name in imported else {}
-            ops.append(Op(NS_ENVS, name, {"name": name, "revision": revision, "projects": projects}))
+            record: dict[str, Any] = {"name": name, "revision": revision, "projects": projects}
+            # redrive counters are not configuration (not exported) but must never go back: keep them
+            # for the projects that stay deployed, or a gateway would ignore the next redrives
+            counters = {p: n for p, n in redrive_counters(get_env(store, name)).items() if p in projects}
+            if counters:
+                record["redrive"] = counters
+            ops.append(Op(NS_ENVS, name, record))
             channels.append(channel(name))
         for job_id, _ in store.scan(NS_OPEN_JOBS):
             job = store.get(NS_DEPLOYMENTS, job_id)

@@ -35,6 +35,15 @@ class Deployment(BaseModel):
     gateways: list[GatewayStatus] = Field(default_factory=list)
 
 
+class Redrive(BaseModel):
+    """`POST /projects/{name}/messages/redrive`: accepted; the gateways act on it when they apply `revision`."""
+
+    project: str
+    environment: str
+    redrive: int = Field(description="the project's redrive counter in the environment, after this request")
+    revision: int = Field(description="the environment's new revision, which carries the counter to the gateways")
+
+
 class Gateway(BaseModel):
     name: str
     environment: str
@@ -42,6 +51,8 @@ class Gateway(BaseModel):
     state: str | None
     applied: int | None
     last_seen: str
+    queued: int = Field(0, description="messages waiting or in delivery on that gateway, as it last reported")
+    dead: int = Field(0, description="dead messages on that gateway, as it last reported")
     live: bool = Field(description="seen within the last 30 s, or in a long poll now")
     revision: int = Field(description="the environment's current revision")
     in_sync: bool
@@ -61,6 +72,14 @@ class IssuedGatewayToken(GatewayToken):
     token: str = Field(description="the clear token: shown once, only its sha256 is stored")
 
 
+class FeedProject(Project):
+    """A deployed project as the feed carries it: the snapshot, plus its redrive counter if it has one."""
+
+    redrive: int | None = Field(None, ge=1, description="the project's redrive counter in the environment "
+                                                        "(absent until the first redrive): redrive the "
+                                                        "project's dead messages when it grows")
+
+
 class ConfigDocument(BaseModel):
     """The feed's 200 body (docs/config-feed.md)."""
 
@@ -68,7 +87,7 @@ class ConfigDocument(BaseModel):
     environment: str
     revision: int
     generated_at: str
-    projects: list[Project]
+    projects: list[FeedProject]
     consumers: list[dict[str, Any]]
     digest: str
 

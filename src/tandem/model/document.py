@@ -5,6 +5,13 @@ gateway checks one with `verify_document` before it replaces a good
 configuration. The digest is the sha256 hex of the canonical JSON
 (`json.dumps(obj, sort_keys=True, separators=(",", ":"))`, UTF-8) of
 `{"environment", "revision", "projects", "consumers"}`.
+
+A project object may carry `"redrive": n` (n > 0): the environment's redrive
+counter for that project (`POST /api/v1/projects/{name}/messages/redrive`). A
+gateway puts the project's dead messages back in its queue when it applies a
+document whose `redrive` is greater than the last one it acted on. A project
+without a counter carries no such key, so documents built before redrive
+existed hash the same.
 """
 
 from __future__ import annotations
@@ -35,14 +42,25 @@ def feed_consumer(record: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def feed_project(snapshot: Mapping[str, Any], redrive: int) -> Any:
+    """A deployed snapshot as the feed carries it: with `redrive` when its counter is above 0
+    (on a copy: the stored snapshot is never changed), else the snapshot itself."""
+    if redrive > 0:
+        return {**snapshot, "redrive": redrive}
+    return snapshot
+
+
 def build_document(environment: str, revision: int, projects: Mapping[str, Any],
-                   consumers: Iterable[Mapping[str, Any]], generated_at: str) -> dict[str, Any]:
-    """The 200 body of the feed; projects and consumers sorted by name."""
+                   consumers: Iterable[Mapping[str, Any]], generated_at: str,
+                   redrive: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """The 200 body of the feed; projects and consumers sorted by name. `redrive` maps a
+    project name to its redrive counter (absent or 0: the project carries no `redrive`)."""
+    counters = redrive or {}
     doc: dict[str, Any] = {
         "environment": environment,
         "revision": revision,
         "generated_at": generated_at,
-        "projects": [projects[name] for name in sorted(projects)],
+        "projects": [feed_project(projects[name], int(counters.get(name, 0))) for name in sorted(projects)],
         "consumers": sorted((feed_consumer(c) for c in consumers), key=lambda c: str(c["name"])),
     }
     doc["digest"] = document_digest(doc)

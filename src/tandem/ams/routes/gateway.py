@@ -15,7 +15,7 @@ from tandem.ams.models import NAME_PATTERN
 from tandem.ams.routes import services
 from tandem.ams.schemas import ConfigDocument, Gateway, GatewayToken, GatewayTokenRequest, IssuedGatewayToken
 from tandem.ams.services import Services
-from tandem.ams.services.environments import channel, get_env
+from tandem.ams.services.environments import channel, get_env, redrive_counters
 from tandem.model.document import build_document
 
 router = APIRouter(prefix="/api/v1", tags=["gateways"], responses=NOT_FOUND)
@@ -29,7 +29,8 @@ def _document(svc: Services, env: str) -> dict[str, Any]:
         store = svc.state.store()
         record = get_env(store, env)
         consumers = [v for _, v in store.scan(NS_CONSUMERS)]
-    return build_document(env, int(record["revision"]), record["projects"], consumers, now_iso())
+    return build_document(env, int(record["revision"]), record["projects"], consumers, now_iso(),
+                          redrive=redrive_counters(record))
 
 
 def _revision(svc: Services, env: str) -> int:
@@ -47,11 +48,14 @@ async def gateway_config(
     pair: Annotated[str | None, Query(max_length=128)] = None,
     state: Annotated[str | None, Query(max_length=32)] = None,
     applied: Annotated[int | None, Query(ge=0)] = None,
+    queued: Annotated[int | None, Query(ge=0, description="messages waiting or in delivery on the gateway")] = None,
+    dead: Annotated[int | None, Query(ge=0, description="dead messages on the gateway")] = None,
 ) -> Response:
     """Long poll (docs/config-feed.md): 200 with the whole document as soon as the environment's
     revision differs from `revision`, else 304 after `wait` seconds. Registers the gateway."""
     if gateway is not None:
-        await anyio.to_thread.run_sync(svc.registry.register, environment, gateway, pair, state, applied)
+        await anyio.to_thread.run_sync(svc.registry.register, environment, gateway, pair, state, applied,
+                                       queued, dead)
         svc.state.poll_started(environment, gateway)
     deadline = time.monotonic() + min(wait, MAX_WAIT)
     try:
@@ -72,7 +76,8 @@ async def gateway_config(
 
 @router.get("/gateways", response_model=list[Gateway])
 def list_gateways(svc: Svc) -> Any:
-    """Every AGS that pulls configuration: pair, HA state, applied revision, last seen."""
+    """Every AGS that pulls configuration: pair, HA state, applied revision, last seen, and the queued
+    and dead messages it last reported (refreshed in the registry at least every 10 s of polling)."""
     return svc.registry.listing()
 
 

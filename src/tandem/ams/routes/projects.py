@@ -1,4 +1,4 @@
-"""/api/v1/projects and /api/v1/deployments."""
+"""/api/v1/projects (with their deployments and message redrive) and /api/v1/deployments."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, Depends, Path, Query, Response
 from tandem.ams.api_errors import CONFLICT, NOT_FOUND
 from tandem.ams.models import NAME_PATTERN, Project
 from tandem.ams.routes import services
-from tandem.ams.schemas import Deployment, EnvironmentRequest
+from tandem.ams.schemas import Deployment, EnvironmentRequest, Redrive
 from tandem.ams.services import Services
 
 router = APIRouter(prefix="/api/v1", tags=["projects"], responses={**NOT_FOUND, **CONFLICT})
@@ -64,6 +64,16 @@ def undeploy(name: ProjectName, response: Response, svc: Svc, body: EnvBody = No
     """Start removing the project from an environment; 409 if it is not deployed there."""
     env = (body or EnvironmentRequest()).environment
     return _accepted(svc.deployments.start(name, env, "undeploy"), response)
+
+
+@router.post("/projects/{name}/messages/redrive", status_code=202, response_model=Redrive, tags=["messages"])
+def redrive_messages(name: ProjectName, svc: Svc, body: EnvBody = None) -> Any:
+    """Put the project's dead queued messages back in the queue on every gateway of an environment
+    (default `default`): adds one to the project's redrive counter there and bumps the environment's
+    revision; each gateway redrives when it applies the document. 409 `not_deployed` if the project
+    is not deployed there. The counter survives a redeploy and is dropped by an undeploy."""
+    env = (body or EnvironmentRequest()).environment
+    return svc.messages.redrive(name, env)
 
 
 @router.get("/deployments", response_model=list[Deployment], tags=["deployments"])

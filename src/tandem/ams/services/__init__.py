@@ -5,6 +5,7 @@ from __future__ import annotations
 from tandem.ams.app_state import AmsState
 from tandem.ams.services.consumers import ConsumerService
 from tandem.ams.services.deployments import DeploymentService
+from tandem.ams.services.messages import MessageService
 from tandem.ams.services.projects import ProjectService
 from tandem.ams.services.registry import RegistryService
 from tandem.ams.services.tokens import TokenService
@@ -18,7 +19,8 @@ class Services:
         self.registry = RegistryService(state)
         self.deployments = DeploymentService(state, self.registry)
         self.tokens = TokenService(state)
+        self.messages = MessageService(state)
 
 
-__all__ = ["ConsumerService", "DeploymentService", "ProjectService", "RegistryService", "Services",
-           "TokenService"]
+__all__ = ["ConsumerService", "DeploymentService", "MessageService", "ProjectService", "RegistryService",
+           "Services", "TokenService"]

@@ -6,6 +6,14 @@ deployment, an undeployment, or any consumer change (consumers are global, so
 a consumer change bumps every environment). A deployed project is a snapshot
 taken at deploy time: editing a project changes nothing on the gateways until
 it is deployed again.
+
+Beside the snapshots, `record["redrive"]` maps a deployed project to its
+redrive counter (absent = 0): each `POST /projects/{name}/messages/redrive`
+adds one and bumps the revision, and the feed document carries the counter in
+that project's object, so every gateway of the environment learns that it
+should put the project's dead messages back in its queue. The counter survives
+a redeploy (which replaces only the snapshot) and is dropped when the project
+is undeployed from the environment.
 """
 
 from __future__ import annotations
@@ -22,6 +30,22 @@ def get_env(store: Store, env: str) -> dict[str, Any]:
     if record is None:
         return {"name": env, "revision": 0, "projects": {}}
     return dict(record)
+
+
+def redrive_counters(record: dict[str, Any]) -> dict[str, int]:
+    """The environment's redrive counters (a copy; {} when it has none)."""
+    return {str(k): int(v) for k, v in (record.get("redrive") or {}).items()}
+
+
+def drop_redrive(record: dict[str, Any], project: str) -> None:
+    """Forget `project`'s redrive counter in `record` (e.g. it was undeployed)."""
+    counters = redrive_counters(record)
+    if counters.pop(project, None) is None:
+        return
+    if counters:
+        record["redrive"] = counters
+    else:
+        record.pop("redrive", None)
 
 
 def list_envs(store: Store) -> list[dict[str, Any]]:

@@ -1,10 +1,14 @@
 """The gateway registry: every AGS that polls the config feed.
 
 An entry is keyed by environment and gateway name and records the pair, the
-HA state and the applied revision the gateway reported, and when it was last
-seen. It is stored (so a new active AMS knows the gateways at once), but a
-poll only commits when something changed or the stored `last_seen` is older
-than `REFRESH` seconds, so idle long polls do not flood the change log.
+HA state and the applied revision the gateway reported, the queued and dead
+messages it reported (`queued`, `dead`; 0 until it reports them), and when it
+was last seen. It is stored (so a new active AMS knows the gateways at once),
+but a poll only commits when the pair, state or applied revision changed or
+the stored `last_seen` is older than `REFRESH` seconds, so idle long polls do
+not flood the change log. A change of `queued` or `dead` alone does not
+commit: the new counts are written with the next commit (at most `REFRESH`
+seconds later while the gateway polls).
 
 A gateway is *live* when it was seen within `LIVE_WINDOW` seconds or is held
 in a long poll on this AMS right now; deployments wait for live gateways only.
@@ -32,7 +36,8 @@ class RegistryService:
     def __init__(self, state: AmsState) -> None:
         self.state = state
 
-    def register(self, env: str, name: str, pair: str | None, ha_state: str | None, applied: int | None) -> None:
+    def register(self, env: str, name: str, pair: str | None, ha_state: str | None, applied: int | None,
+                 queued: int | None = None, dead: int | None = None) -> None:
         now = time.time()
         with self.state.lock:
             store = self.state.store()
@@ -45,8 +50,11 @@ class RegistryService:
                 "state": ha_state if ha_state is not None else (old or {}).get("state"),
                 "applied": applied if applied is not None else (old or {}).get("applied", 0),
                 "last_seen": now_iso(now),
+                "queued": queued if queued is not None else (old or {}).get("queued", 0),
+                "dead": dead if dead is not None else (old or {}).get("dead", 0),
             }
             if old is not None:
+                # queued/dead change with every message: alone they wait for the next refresh
                 same = all(old.get(k) == entry[k] for k in ("pair", "state", "applied"))
                 if same and now - parse_iso(old["last_seen"]) < REFRESH:
                     return
