@@ -50,7 +50,8 @@ FULL: list[dict[str, Any]] = [
     {"type": "timeout", "connect": 2.0, "read": 10.0},
     {"type": "retry", "attempts": 3, "backoff": 0.1, "on_status": [503], "methods": ["GET", "PUT", "TRACE"]},
     {"type": "delivery", "mode": "direct", "max_attempts": 5, "backoff_initial": 1.0, "backoff_max": 30.0,
-     "ttl": 3600},
+     "ttl": 3600, "retention": 7200, "concurrency": 4, "max_messages": 500, "max_bytes": 1048576,
+     "max_body_bytes": 4096, "delivered_statuses": [200, 202], "order_by_header": "X-Account"},
 ]
 
 AUTH = {"type": "api-key"}

@@ -77,13 +77,19 @@ def check_target_url(v: str) -> str:
     return v
 
 
+RESERVED_CONTEXT = "/_tandem"  # the gateway answers /_tandem/messages/{id} itself (docs/delivery.md)
+
+
 def check_context_path(v: str) -> str:
     """A path prefix: starts with '/', no empty, '.' or '..' segments; trailing '/' dropped."""
     if not v.startswith("/"):
         raise ValueError("must start with '/'")
     if _SEGMENT_BAD.search(v.rstrip("/") or "/") and v != "/":
         raise ValueError("must not contain '//', '.' or '..' segments, '?', '#', '\\' or whitespace")
-    return v.rstrip("/") or "/"
+    v = v.rstrip("/") or "/"
+    if v == RESERVED_CONTEXT or v.startswith(RESERVED_CONTEXT + "/"):
+        raise ValueError(f"{RESERVED_CONTEXT} is reserved for the gateway's own endpoints")
+    return v
 
 
 class Resource(Strict):

@@ -26,7 +26,7 @@ from typing import Any
 
 from tandem.ams.api_errors import ApiError, invalid
 from tandem.ams.app_state import NS_DEPLOYMENTS, NS_OPEN_JOBS, NS_PROJECTS, AmsState, now_iso, parse_iso
-from tandem.ams.services.environments import channel, drop_redrive, env_op, get_env, route_conflict
+from tandem.ams.services.environments import channel, env_op, get_env, route_conflict
 from tandem.ams.services.registry import JOBS_CHANNEL, RegistryService
 from tandem.store import Op
 
@@ -82,8 +82,7 @@ class DeploymentService:
                                                        f"now served by project {clash!r}")
                 projects[job["project"]] = job["snapshot"]
             else:
-                projects.pop(job["project"], None)
-                drop_redrive(env, job["project"])  # a later deployment starts without one
+                projects.pop(job["project"], None)  # (its redrive counter stays: it only ever grows)
             env.update(revision=env["revision"] + 1, projects=projects)
             job.update(revision=env["revision"], updated_at=now_iso())
             done = not self.registry.live(job["environment"])

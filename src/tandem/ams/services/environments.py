@@ -12,8 +12,9 @@ redrive counter (absent = 0): each `POST /projects/{name}/messages/redrive`
 adds one and bumps the revision, and the feed document carries the counter in
 that project's object, so every gateway of the environment learns that it
 should put the project's dead messages back in its queue. The counter survives
-a redeploy (which replaces only the snapshot) and is dropped when the project
-is undeployed from the environment.
+a redeploy (which replaces only the snapshot) and an undeploy: it only ever
+grows, so a gateway that remembers the last value it acted on (even one that
+missed the undeploy) never ignores a later redrive.
 """
 
 from __future__ import annotations
@@ -35,17 +36,6 @@ def get_env(store: Store, env: str) -> dict[str, Any]:
 def redrive_counters(record: dict[str, Any]) -> dict[str, int]:
     """The environment's redrive counters (a copy; {} when it has none)."""
     return {str(k): int(v) for k, v in (record.get("redrive") or {}).items()}
-
-
-def drop_redrive(record: dict[str, Any], project: str) -> None:
-    """Forget `project`'s redrive counter in `record` (e.g. it was undeployed)."""
-    counters = redrive_counters(record)
-    if counters.pop(project, None) is None:
-        return
-    if counters:
-        record["redrive"] = counters
-    else:
-        record.pop("redrive", None)
 
 
 def list_envs(store: Store) -> list[dict[str, Any]]:
