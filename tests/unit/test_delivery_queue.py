@@ -194,3 +194,45 @@ def test_limits_count_held_messages_and_free_on_delivery(tmp_path: Path) -> None
         assert (await submit(q, b"y" * 600))[0] == ACCEPTED
         await q.close()
     _run(t, tmp_path)
+
+
+def test_active_health_checks_keep_deliveries_off_a_failing_target(tmp_path: Path) -> None:
+    async def t(store: SqliteStore, echo: EchoServer, url: str, _: int) -> None:
+        seen: list[bytes] = []
+
+        async def sick(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while line := await reader.readline():
+                    if line.startswith((b"GET ", b"POST ")):
+                        seen.append(line)
+                    if line == b"\r\n":
+                        writer.write(b"HTTP/1.1 503 X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                        await writer.drain()
+                        break
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(sick, "127.0.0.1", 0)
+        bad = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        doc = _doc(url)
+        doc["projects"][0]["targets"].append({"url": bad, "weight": 1})
+        doc["projects"][0]["health_check"] = {"path": "/health", "interval": 0.2, "timeout": 0.1,
+                                              "healthy": 1, "unhealthy": 1}
+        q = _queue(store)
+        q.configure(doc)
+        await q.start()
+        spec = q.specs["q"]
+        await wait_for_async(lambda: all(tg.health is not None and tg.health.down == (tg.port != echo_port(url))
+                                         for tg in spec.balancer.targets), 5, "the sick target checked down")
+        results = await asyncio.gather(*[submit(q, idem=f"h{i}") for i in range(20)])
+        assert all(r[0] == ACCEPTED for r in results)
+        await wait_for_async(lambda: len(echo.requests) >= 20, 10, "delivered")
+        assert not [x for x in seen if x.startswith(b"POST ")], "no delivery went to the target held down"
+        assert all(q.lookup(r[1])["attempts"] == 1 for r in results)  # type: ignore[index]
+        await q.close()
+        server.close()
+    _run(t, tmp_path)
+
+
+def echo_port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])

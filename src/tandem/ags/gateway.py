@@ -59,7 +59,8 @@ class Gateway:
         self.rid_format = self.rid_prefix + b"%x"
         self.rid = 0
         self._sweeper: asyncio.Task[None] | None = None
-        self.health = HealthChecker(self)  # active health checks of projects that ask for them
+        # active health checks of projects that ask for them
+        self.health = HealthChecker(self.loop, lambda: self.config.projects.values())
 
     def __repr__(self) -> str:
         return (f"<Gateway revision={self.config.revision} projects={len(self.config.projects)} "

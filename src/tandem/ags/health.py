@@ -12,6 +12,10 @@ it back. Passive health (a failed connect) works alongside: it can take a
 target out for `fail_timeout`, but it never brings back one the checks hold
 down.
 
+The checker runs over whatever `projects()` returns: a serving process's
+configuration (`Gateway`), or the projects the message queue delivers to
+(`delivery/queue.py`), so queued deliveries avoid a target the checks hold down.
+
 Targets start healthy. When every target of a project is down the balancer
 still hands one out (as with passive health): a real request is then the
 probe, and a backend the checks missed is used at once. Each serving process
@@ -24,12 +28,10 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
-from tandem.ags.balancer import Target
-
-if TYPE_CHECKING:
-    from tandem.ags.gateway import Gateway
+from tandem.ags.balancer import Balancer, Target
 
 log = logging.getLogger("tandem.ags.health")
 
@@ -126,11 +128,19 @@ async def probe(target: Target, check: Check) -> tuple[bool, str]:
     return 200 <= status < 400, f"status {status}"
 
 
-class HealthChecker:
-    """One per serving process: probes the targets of the current configuration's checked projects."""
+class Checked(Protocol):
+    """What the checker reads of a project."""
 
-    def __init__(self, gw: Gateway) -> None:
-        self.gw = gw
+    name: str
+    health: Check | None
+    balancer: Balancer
+
+
+class HealthChecker:
+    """Probes the targets of the checked projects among `projects()` (each call: the current ones)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, projects: Callable[[], Iterable[Checked]]) -> None:
+        self.loop, self.projects = loop, projects
         self.inflight: set[asyncio.Task[None]] = set()
         self.task: asyncio.Task[None] | None = None
 
@@ -139,7 +149,7 @@ class HealthChecker:
 
     def start(self) -> None:
         if self.task is None:
-            self.task = self.gw.loop.create_task(self.run())
+            self.task = self.loop.create_task(self.run())
 
     async def stop(self) -> None:
         tasks = [t for t in (self.task, *self.inflight) if t is not None]
@@ -154,13 +164,13 @@ class HealthChecker:
     async def run(self) -> None:
         while True:
             try:
-                self.tick(self.gw.loop.time())
+                self.tick(self.loop.time())
             except Exception:  # the checker must outlive a bug in one configuration
                 log.exception("health checker failed")
             await asyncio.sleep(TICK)
 
     def tick(self, now: float) -> None:
-        for project in self.gw.config.projects.values():
+        for project in self.projects():
             check = project.health
             if check is None:
                 continue
@@ -172,7 +182,7 @@ class HealthChecker:
                     continue
                 state.due = now + check.interval
                 state.probing = True
-                task = self.gw.loop.create_task(self.one(target, state, check, project.name))
+                task = self.loop.create_task(self.one(target, state, check, project.name))
                 self.inflight.add(task)
                 task.add_done_callback(self.inflight.discard)
 

@@ -53,8 +53,8 @@ from tandem.ags.delivery.decide import Decision, Event, IllegalEvent, Message, R
 from tandem.ags.delivery.message import NS_META, NS_MSG, NS_STATE, Msg, message_from
 from tandem.ags.delivery.spec import Spec, delivery_policy
 from tandem.ags.delivery.states import DEAD, DELIVERED, DELIVERING, FINAL, QUEUED
-from tandem.ags.delivery.stats import Counters, render
-from tandem.ags.metrics import BUCKETS
+from tandem.ags.delivery.stats import LATENCY_BUCKETS, TRY_BUCKETS, Counters, render
+from tandem.ags.health import HealthChecker
 from tandem.store import Op
 
 if TYPE_CHECKING:
@@ -108,6 +108,7 @@ class MessageQueue:
         self._deliveries: set[asyncio.Task[Any]] = set()
         self._main: list[asyncio.Task[Any]] = []
         self._rand = random.Random()
+        self.health = HealthChecker(self.loop, lambda: self.specs.values())  # the projects' active checks
 
     def __repr__(self) -> str:
         return (f"<MessageQueue messages={len(self.msgs)} pending={len(self.batch)} in_flight={len(self._deliveries)} "
@@ -136,6 +137,7 @@ class MessageQueue:
             log.info("delivery: resumed %d stored message(s), %d to deliver", len(self.msgs), n)
         if not self.halted:
             self._main = [self.loop.create_task(self._dispatch_loop()), self.loop.create_task(self._tick())]
+            self.health.start()
         self._redrive_all()
 
     def _index(self, m: Msg) -> None:
@@ -153,6 +155,7 @@ class MessageQueue:
         """Deliver nothing more: deliveries in flight are cut (they stay queued in the store, so the next
         active delivers them again). Accepting goes on until close() (requests draining)."""
         self.halted = True
+        await self.health.stop()
         for t in self._main:
             t.cancel()
         for t in list(self._deliveries):
@@ -165,6 +168,7 @@ class MessageQueue:
     async def close(self) -> None:
         """Stop: pending accepts get UNAVAILABLE, deliveries in flight are cut, nothing more is dispatched."""
         self.closed = self.halted = True
+        await self.health.stop()
         for t in self._main:
             t.cancel()
         for t in list(self._deliveries):
@@ -426,9 +430,11 @@ class MessageQueue:
         if len(tried) == len(spec.clients):
             return False
         target = spec.balancer.pick(mono, tried)
-        if target is None:  # every target with room is marked down: try one anyway (it may be back)
-            free = [t for t in spec.clients if t not in tried]
-            target = min(free, key=lambda t: t.down_until)
+        if target is None:
+            if any(t.down_until <= mono for t in tried):
+                return False  # an up target is busy: wait for its slot rather than use one marked down
+            # every target is marked down: try the one back soonest (it may be back; as the proxy does)
+            target = min((t for t in spec.clients if t not in tried), key=lambda t: t.down_until)
         d = self._decide(m, Event("dispatch"), spec.rules, now)
         if d is None:
             return True
@@ -460,8 +466,10 @@ class MessageQueue:
                 c.held_bytes -= m.size
                 m.body = m.head = b""
                 took = max(0.0, now - m.accepted_at)
-                c.lat[bisect_left(BUCKETS, took)] += 1
+                c.lat[bisect_left(LATENCY_BUCKETS, took)] += 1
                 c.lat_sum += took
+                c.tries[bisect_left(TRY_BUCKETS, m.attempts)] += 1
+                c.tries_sum += m.attempts
             else:
                 c.dead += 1
                 log.warning("delivery: message %s of %s is dead: %s", m.id, m.project, d.reason)

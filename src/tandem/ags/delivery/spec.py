@@ -8,6 +8,7 @@ from typing import Any
 from tandem.ags.balancer import Balancer, Target
 from tandem.ags.delivery.client import TargetClient
 from tandem.ags.delivery.decide import Rules
+from tandem.ags.health import Check
 from tandem.model.policies import DeliveryPolicy, TimeoutPolicy
 
 
@@ -15,7 +16,8 @@ class Spec:
     """One project's delivery settings, compiled from a configuration."""
 
     __slots__ = ("name", "rules", "concurrency", "max_messages", "max_bytes", "max_body_bytes", "retention",
-                 "order_header", "balancer", "clients", "connect_timeout", "read_timeout", "redrive", "digest")
+                 "order_header", "balancer", "clients", "connect_timeout", "read_timeout", "redrive", "digest",
+                 "health")
 
     def __init__(self, project: dict[str, Any], policy: DeliveryPolicy, connect_timeout: float,
                  read_timeout: float, old: Spec | None) -> None:
@@ -35,6 +37,7 @@ class Spec:
                 if "read" in t.model_fields_set:
                     self.read_timeout = float(t.read)
         targets = [Target(t["url"], t.get("weight", 1)) for t in project["targets"]]
+        self.health = Check(project["health_check"]) if project.get("health_check") else None
         self.digest = repr([(t.url, t.weight) for t in targets])
         self.balancer: Balancer
         self.clients: dict[Target, TargetClient]

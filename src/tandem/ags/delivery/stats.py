@@ -6,16 +6,21 @@ from typing import Any
 
 from tandem.ags.metrics import BUCKETS
 
+LATENCY_BUCKETS = (*BUCKETS, 60.0, 300.0, 3600.0)  # seconds from accepted to delivered (retries take long)
+TRY_BUCKETS = (1, 2, 3, 5, 10, 20, 50, 100, 1000)  # attempts a delivered message took
+
 
 class Counters:
     __slots__ = ("accepted", "duplicates", "full", "too_large", "unavailable", "delivered", "dead", "attempts",
-                 "failed_attempts", "lat", "lat_sum", "held", "held_bytes")
+                 "failed_attempts", "lat", "lat_sum", "tries", "tries_sum", "held", "held_bytes")
 
     def __init__(self) -> None:
         self.accepted = self.duplicates = self.full = self.too_large = self.unavailable = 0
         self.delivered = self.dead = self.attempts = self.failed_attempts = 0
-        self.lat = [0] * (len(BUCKETS) + 1)
+        self.lat = [0] * (len(LATENCY_BUCKETS) + 1)
         self.lat_sum = 0.0
+        self.tries = [0] * (len(TRY_BUCKETS) + 1)
+        self.tries_sum = 0
         self.held = self.held_bytes = 0  # messages holding a body (queued, delivering, dead, pending)
 
 
@@ -51,19 +56,28 @@ def render(stats: dict[str, dict[str, Any]]) -> str:
         refused += [(lab[n] + ',reason="queue_full"', c.full), (lab[n] + ',reason="payload_too_large"', c.too_large),
                     (lab[n] + ',reason="unavailable"', c.unavailable)]
     family("tandem_delivery_refused_total", "counter", "messages not accepted, by reason", refused)
-    lines.append("# HELP tandem_delivery_latency_seconds from accepted to delivered")
-    lines.append("# TYPE tandem_delivery_latency_seconds histogram")
-    for n in names:
-        c = stats[n]["c"]
-        acc = 0
-        for i, b in enumerate(BUCKETS):
-            acc += c.lat[i]
-            lines.append(f'tandem_delivery_latency_seconds_bucket{{{lab[n]},le="{b:g}"}} {acc}')
-        acc += c.lat[-1]
-        lines.append(f'tandem_delivery_latency_seconds_bucket{{{lab[n]},le="+Inf"}} {acc}')
-        lines.append(f"tandem_delivery_latency_seconds_sum{{{lab[n]}}} {c.lat_sum:.6f}")
-        lines.append(f"tandem_delivery_latency_seconds_count{{{lab[n]}}} {acc}")
+    histogram(lines, "tandem_delivery_latency_seconds", "from accepted to delivered", names, lab, stats,
+              LATENCY_BUCKETS, "lat", "lat_sum")
+    histogram(lines, "tandem_delivery_attempts", "attempts a delivered message took", names, lab, stats,
+              TRY_BUCKETS, "tries", "tries_sum")
     return "\n".join(lines) + "\n"
 
 
 
+
+
+def histogram(lines: list[str], name: str, text: str, names: list[str], lab: dict[str, str],
+              stats: dict[str, dict[str, Any]], buckets: tuple[float, ...], counts: str, total: str) -> None:
+    lines.append(f"# HELP {name} {text}")
+    lines.append(f"# TYPE {name} histogram")
+    for n in names:
+        c = stats[n]["c"]
+        per = getattr(c, counts)
+        acc = 0
+        for i, b in enumerate(buckets):
+            acc += per[i]
+            lines.append(f'{name}_bucket{{{lab[n]},le="{b:g}"}} {acc}')
+        acc += per[-1]
+        lines.append(f'{name}_bucket{{{lab[n]},le="+Inf"}} {acc}')
+        lines.append(f"{name}_sum{{{lab[n]}}} {getattr(c, total):g}")
+        lines.append(f"{name}_count{{{lab[n]}}} {acc}")
