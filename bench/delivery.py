@@ -337,8 +337,8 @@ concurrent clients (`wrk`, keep-alive, a Lua script noting each 202's id), proje
 
 Responses the clients saw (status: count, all Tandem phases): {statuses}.{notes}
 
-The pair's CPU per accepted message, by process (and how busy each kept a cpu), and the active's store
-commits in the phase (its lsn moves by one per commit):
+The pair's CPU per accepted message, by process (and how busy each kept a cpu), the active's store
+commits in the phase (its lsn moves by one per commit), and the server processes' resident memory:
 {cpu}
 
 Command: `{command}` ({started}, {minutes:.0f} min; {machine}).
@@ -590,6 +590,15 @@ def cpu_ticks(pids: list[int], children: bool = True, only_children: bool = Fals
                 continue
             total += int(fields[11]) + int(fields[12])
     return total
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of one process, MB (NaN when gone)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def beam_pids() -> list[int]:
@@ -863,6 +872,8 @@ class Bench:
             commits = lsn1 - lsn0  # one lsn per store commit (accept batches and delivery-state writes)
             shares += (f"; store commits on the active: {commits:,} ({len(accepted) / commits:.1f} accepted "
                        f"messages per commit, {stats['seconds'] / commits * 1000:.2f} ms per commit)")
+        shares += (f"; resident memory after it: active server process {rss_mb(self.active.pid):,.0f} MB, "
+                   f"passive {rss_mb(self.passive.pid):,.0f} MB")
         self.res.cpu_split.append(f"{label}: {shares}")
         for bad in watch.problems():
             self.res.notes.append(f"{label}: {bad}")
