@@ -8,8 +8,8 @@ of tests/faults/nemesis.py.
 N faults in all, split evenly over the components and modes (per component, the schedule
 cycles through every kind). Prints the seed first, a line per fault, then the counts and
 the per-kind recovery table (per component/mode and over all); with --write, replaces the
-"## Faults" section of the file. Exits 1 on any violation (lost or phantom write or quota
-increment, split brain, epoch regression, no recovery).
+"## Faults" section of the file. Exits 1 on any violation (lost or phantom write, quota
+increment or queued message, split brain, epoch regression, no recovery).
 """
 
 from __future__ import annotations
@@ -43,6 +43,12 @@ def section(args: argparse.Namespace, seed: int, reports: list[nemesis.Report], 
         return "\n".join(f"| {lb} | {k} | {n} | {s} | {y} | {nr} | {g} |"
                          for lb, k, n, s, y, nr, g in nemesis.kind_table(reports, per_label))
     quota = "\n".join(f"- {r.label}: {q}" for r in reports for q in r.quota) or "- (no AGS run)"
+    queue_rows = "\n".join(
+        f"| {r.component} | {r.mode} | {q.get('accepted', 0)} | {q.get('delivered', 0)} | {q.get('duplicates', 0)} | "
+        f"{q.get('unknown', 0)} ({q.get('unknown_delivered', 0)}) | {q.get('refused', 0)} | "
+        f"{len(r.queue_lost)}{' (async, allowed)' if r.mode == 'async' and r.queue_lost and not r.queue_asserted_lost else ''} | "
+        f"{len(r.queue_phantoms)} | {q.get('backend_down', 0)} |"
+        for r in reports for q in [r.queue] if q) or "| (no AGS run with queued delivery) |"
     tracebacks = sum(len(r.tracebacks) for r in reports)
     violations = [f"- {r.label}: {v}" for r in reports for v in r.violations()]
     verdict = "No violation." if not violations else "Violations:\n\n" + "\n".join(violations)
@@ -55,7 +61,10 @@ clients create unique consumers through either client address. AGS pairs: a stan
 AMS and an echo backend in the root namespace; three clients send requests through either
 gateway, on two projects behind api-key + quota (one with a limit never reached, one
 whose limit of {nemesis.AgsLoad.default_cap()} is reached on purpose); every 2xx is an acknowledged
-increment. A sampler polls both servers every 25 ms. Faults, cycled in seeded order:
+increment. On a third project with queued delivery (backoff 0.1-1 s, 1000 attempts),
+{nemesis.AgsLoad.default_queue_clients()} more clients POST small messages, each with its own Idempotency-Key, for a
+second echo backend that logs every request and is stopped (connections refused) for
+1-3 s every 3-7 s, seeded, and up at the end. A sampler polls both servers every 25 ms. Faults, cycled in seeded order:
 kill -9 of the active / the passive / both; SIGSTOP of either for 1-4 s; either server's
 isolation-probe target refusing for 3 s; the backchannel blackholed for 3 s; the
 LockFile moved away, or its folder, for 2 s; the active's store disk full for 3 s.
@@ -67,9 +76,14 @@ Checked at the end, both servers stopped: AMS, every acknowledged consumer on bo
 halves and nothing no client attempted; AGS, on both halves each quota counter >= the
 acknowledged requests and <= the requests that may have been counted, the halves'
 counters equal, no more than the limit let through, and the configuration revision
-deployed before the run stored; both, no two servers serving at one instant, epochs
-never going back, recovery after every fault. (Async replication may lose the last
-writes or increments of a failover by design; counted in "lost", not a violation.)
+deployed before the run stored; AGS queued delivery, after waiting (60 s at most, the
+backend up) for the queue to drain: every message answered 202 delivered at least once,
+nothing delivered or stored that no client sent or that was refused (413, 503
+`queue_full`, 4xx), each delivery with its 202's message id and body, and (sync) the
+same message ids in both halves' stores; both, no two servers serving at one instant,
+epochs never going back, recovery after every fault. (Async replication may lose the
+last writes, increments or accepted messages of a failover by design; counted in
+"lost", not a violation, unless a half still holds the message.)
 
 {total} faults, seed {seed}, {took / 60:.0f} min.
 
@@ -81,6 +95,17 @@ AGS quota counters (acked: 2xx; may_count: requests sent and not answered 4xx; s
 the counter on each half's store):
 
 {quota}
+
+AGS queued delivery (accepted: 202 with an id; delivered: accepted keys in the backend's
+log; duplicates: keys delivered more than once, expected for messages in flight at a
+kill or a backend stop, not a violation; unknown: 503 `delivery_unavailable` or no
+answer, in brackets how many were delivered anyway; refused: 413, 503 `queue_full`,
+4xx; lost: accepted, never delivered; phantoms: delivered or stored, never sent or
+refused; backend down: the backend's down phases):
+
+| component | mode | accepted | delivered | duplicates | unknown (delivered) | refused | lost | phantoms | backend down |
+|---|---|---|---|---|---|---|---|---|---|
+{queue_rows}
 
 Recovery per kind, seconds from the fault's start (p50 / p99 / max), to a serving
 server, and to a serving, in-sync pair (a fault lasting d seconds counts d), over all

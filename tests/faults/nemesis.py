@@ -27,13 +27,18 @@ poll the AMS at the root side of their own public link; both reach the backend
 at 10.80.k.1, ns B through a host route over its own link), a consumer with an
 API key and two projects behind api-key + quota are deployed before the pair
 starts; clients send requests through the gateways; the quota counters and the
-stored configuration of every half are checked (see `AgsLoad`).
+stored configuration of every half are checked (see `AgsLoad`); a third project
+queues messages for a second echo backend that is down in seeded phases (stopped
+and started again by pid) and logs every request it receives: after the faults the
+run waits for the queue to drain, then checks every accepted (202) message was
+delivered and nothing was delivered that no client sent or that was refused
+(`AgsLoad.check_queue`).
 
 Everything created is removed at teardown: processes by pid (checked to be ours
 by their command line), mounts, namespaces. Stale `tdf<pid>x...` namespaces
 and `tandem-faults-<pid>-` mounts of runs whose process is gone are removed at
 start. Every wait polls with a deadline; the only fixed sleeps are the planned
-durations of faults.
+durations of faults (and of the queue backend's down phases).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import http.client
 import json
 import os
@@ -59,6 +65,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tandem.ags.delivery.message import NS_MSG
+from tandem.ags.delivery.message import NS_STATE as NS_MSGSTATE
 from tandem.ags.gateway_service import KEY as CONFIG_KEY
 from tandem.ags.gateway_service import NS as NS_GATEWAY
 from tandem.ags.quota_book import NS as NS_QUOTA
@@ -360,7 +368,8 @@ class Op:
     """One client request: a write (AMS) or a counted request (AGS); outcome is ok (2xx),
     failed (answered as not applied) or unknown. `status` is the HTTP status (0: none came),
     `sent` whether the request left (False: the connection was refused or timed out first),
-    `group` what it counts against (the AGS project; "" for the AMS)."""
+    `group` what it counts against (the AGS project; "" for the AMS), `mid` the id in the
+    answer's JSON body (a queued message's id)."""
 
     client: int
     name: str
@@ -372,6 +381,7 @@ class Op:
     status: int = 0
     sent: bool = True
     group: str = ""
+    mid: str = ""  # the message id of a 202 (AGS queued delivery)
 
 
 @dataclass(frozen=True)
@@ -476,10 +486,10 @@ class Pair:
     `AgsLoad`)."""
 
     def __init__(self, workdir: Path, mode: str, tag: str, tmpfs_mb: int, log: Log,
-                 component: str = "AMS") -> None:
+                 component: str = "AMS", seed: int = 0) -> None:
         if component not in COMPONENTS:
             raise ValueError(f"component: expected one of {COMPONENTS}, got {component!r}")
-        self.workdir, self.mode, self.log = workdir, mode, log
+        self.workdir, self.mode, self.log, self.seed = workdir, mode, log, seed
         self.shared = mode == "shared"
         self.pair = "haprofile_shared" if self.shared else "haprofile1"
         self.component = component
@@ -741,26 +751,32 @@ def http_op(cid: int, name: str, addr: tuple[str, int], method: str, path: str, 
         conn.close()
     t1 = now()
     try:
-        code = str(json.loads(data).get("code", ""))
+        doc = json.loads(data)
+        code, mid = str(doc.get("code", "")), str(doc.get("id", ""))
     except (ValueError, AttributeError):
-        code = ""
+        code = mid = ""
     return Op(cid, name, url, t0, t1, classify(resp.status, code), f"{resp.status} {code}".strip(),
-              status=resp.status, group=group)
+              status=resp.status, group=group, mid=mid)
 
 
 class Workload(ThreadGroup):
     """Client threads, each sending `request(client, seq, which)` in a loop to server
     `which` (0/1); a client stays on the one that answered and moves to the other at
-    once when `moves(op)` says it does not serve; every attempt is recorded as an `Op`."""
+    once when `moves(op)` says it does not serve; every attempt is recorded as an `Op`.
+    `side(halt)`, if given, runs in one more thread until `halt` is set (the AGS load's
+    backend toggle)."""
 
     def __init__(self, request: Callable[[int, int, int], Op], moves: Callable[[Op], bool],
-                 pauses: list[float], timeout: float = 3.0) -> None:
+                 pauses: list[float], timeout: float = 3.0,
+                 side: Callable[[threading.Event], None] | None = None) -> None:
         super().__init__()
         self.request, self.moves, self.pauses, self.timeout = request, moves, pauses, timeout
         self.ops: list[Op] = []
         self._lock = threading.Lock()
         self.join_timeout = timeout + 5
         self._threads = [threading.Thread(target=self._client, args=(c,), daemon=True) for c in range(len(pauses))]
+        if side is not None:
+            self._threads.append(threading.Thread(target=side, args=(self._halt,), daemon=True, name="side"))
 
     def _client(self, cid: int) -> None:
         seq, which, refused = 0, cid % 2, 0
@@ -792,6 +808,10 @@ class Load:
 
     def workload(self, pause: float) -> Workload:
         raise NotImplementedError
+
+    def settle(self, report: Report, ops: list[Op]) -> None:
+        """After the workload and the faults, the pair recovered, both servers still running:
+        wait (bounded) for what the pair still owes (the AGS load's queued deliveries)."""
 
     def check(self, report: Report, ops: list[Op]) -> None:
         """The store part of the checker: both servers are stopped."""
@@ -871,6 +891,135 @@ PROJECT = "pets"        # limit never reached in a run
 CAPPED = "capped"       # a small limit, reached on purpose
 QUOTA_PERIOD = "month"  # (a day boundary inside a run is likelier; ended periods are pruned)
 PETS_LIMIT = 10**9
+QUEUE = "queue"         # queued delivery to a backend that is down in phases
+QUEUE_POLICY = {"type": "delivery", "mode": "queued", "backoff_initial": 0.1, "backoff_max": 1.0,
+                "max_attempts": 1000}
+QUEUE_DRAIN = 60.0      # s to wait, after the faults, for every accepted message to be delivered
+QUEUE_UP = (3.0, 7.0)   # the queue backend's phases: up for U s, then down (refusing) for D s
+QUEUE_DOWN = (1.0, 3.0)
+QUEUE_PHASES = 200      # at most this many down phases in one run
+
+
+def queue_classify(status: int, code: str) -> str:
+    """202: accepted (the message is durable: it must be delivered); 413, 503 `queue_full`
+    and any 4xx: refused (nothing stored: it must never be delivered); anything else
+    (503 `delivery_unavailable`: "stored, perhaps"; 5xx) is unknown: it may be delivered."""
+    if status == 202:
+        return "ok"
+    if 400 <= status < 500 or (status == 503 and code == "queue_full"):
+        return "failed"
+    return "unknown"
+
+
+def queue_body(key: str) -> bytes:
+    """The body a queue client sends with Idempotency-Key `key` (the checker recomputes its sha256)."""
+    return f"message {key} ".encode() * 4
+
+
+class QueueBackend:
+    """The queued project's backend: an echo process (tests/support/echo.py) on a fixed
+    port, appending one JSON line per request it receives to `log` (headers included,
+    written and closed before it answers, so a delivered message is in the log even if
+    the process is stopped next). `down()` stops it by pid (connections are refused),
+    `up()` starts a new one on the same port and log; `toggle()` runs seeded phases of
+    both until told to halt, and leaves it up."""
+
+    def __init__(self, host: str, port: int, log: Path, out: Path, rng: random.Random) -> None:
+        self.host, self.port, self.log, self.out, self.rng = host, port, log, out, rng
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.phases: list[tuple[float, float]] = []  # (down at, up again at), monotonic
+        self.closed = False
+        self._lock = threading.Lock()
+
+    def up(self) -> None:
+        with self._lock:
+            if self.closed or (self.proc is not None and self.proc.poll() is None):
+                return
+            with open(self.out, "ab") as out:
+                self.proc = subprocess.Popen(echo_cmd(self.port, "queue", host="0.0.0.0", log=self.log),
+                                             stdout=out, stderr=subprocess.STDOUT)
+            proc = self.proc
+        if not _wait(lambda: proc.poll() is None and _connects(self.host, self.port), 15):
+            raise RuntimeError(f"the queue backend did not listen on {self.host}:{self.port} "
+                               f"(exit {proc.poll()}): {self.out.read_text(errors='replace')[-500:]}")
+
+    def down(self) -> None:
+        with self._lock:
+            if self.proc is not None:
+                stop_process(self.proc)
+                self.proc = None
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
+        self.down()
+
+    def toggle(self, halt: threading.Event) -> None:
+        """Up for QUEUE_UP s, down for QUEUE_DOWN s (planned durations, seeded), at most
+        QUEUE_PHASES times, until `halt`; always up when it returns (unless closed)."""
+        try:
+            for _ in range(QUEUE_PHASES):
+                if halt.wait(self.rng.uniform(*QUEUE_UP)):
+                    break
+                t0 = now()
+                self.down()
+                try:
+                    halt.wait(self.rng.uniform(*QUEUE_DOWN))
+                finally:
+                    self.up()
+                    self.phases.append((t0, now()))
+        finally:
+            self.up()
+
+    def deliveries(self) -> tuple[list[dict[str, Any]], int]:
+        """(every request the backend logged, the count of lines that do not parse)."""
+        out: list[dict[str, Any]] = []
+        bad = 0
+        if not self.log.exists():
+            return out, bad
+        for line in self.log.read_text(errors="replace").splitlines():
+            if not line.strip():
+                continue
+            try:
+                req = json.loads(line)
+                headers = {str(k).lower(): str(v) for k, v in req.get("headers", [])}
+            except (ValueError, TypeError, AttributeError):
+                bad += 1
+                continue
+            out.append({"key": headers.get("idempotency-key", ""), "mid": headers.get("x-tandem-message-id", ""),
+                        "attempt": headers.get("x-tandem-attempt", ""), "path": req.get("path", ""),
+                        "sha": req.get("body_sha256", ""), "line": line[:300]})
+        return out, bad
+
+    def delivered_keys(self) -> set[str]:
+        return {d["key"] for d in self.deliveries()[0]}
+
+
+def queue_depth(pair: Pair, i: int) -> int | None:
+    """The queue project's depth (queued or in delivery) on server i's `/metrics`; None
+    when it is not there (not serving, its queue not loaded yet)."""
+    code, text = http_get(f"{pair.ha_url(i)}/metrics", timeout=1.0)
+    if code != 200 or not isinstance(text, str):
+        return None
+    m = re.search(rf'^tandem_delivery_queue_depth\{{project="{QUEUE}"\}} (\d+)$', text, re.M)
+    return int(m.group(1)) if m else None
+
+
+def read_messages(folder: Path) -> dict[str, tuple[str, str]] | None:
+    """id -> (Idempotency-Key, state) of every queued-delivery message in the store in
+    `folder` (ns "msg": stored, "msgstate": its state once not `queued`; a delivered one
+    keeps only its state); None when there is no store there."""
+    msgs, states = read_kv(folder, NS_MSG), read_kv(folder, NS_MSGSTATE)
+    if msgs is None or states is None:
+        return None
+    out: dict[str, tuple[str, str]] = {}
+    for mid, rec in msgs.items():
+        if isinstance(rec, dict):
+            out[mid] = (str(rec.get("k")), "queued")
+    for mid, st in states.items():
+        if isinstance(st, dict):
+            out[mid] = (str(st.get("k")), str(st.get("s")))
+    return out
 
 
 def ags_classify(status: int, code: str) -> str:
@@ -915,18 +1064,39 @@ class AgsLoad(Load):
     and `capped` (a small limit, reached on purpose). Two clients send `GET /pets/...`,
     one `GET /capped/...`; each 2xx is an acknowledged increment.
 
+    A third project, `queue`, has queued delivery (`QUEUE_POLICY`) to a second echo
+    backend (`QueueBackend`) that logs every request it receives and is down (stopped,
+    connections refused) in seeded phases during the run, up at the end. Its clients
+    (FAULTS_AGS_QUEUE, default 2) `POST /queue/c<client>/<seq>` with a small body and a
+    unique `Idempotency-Key` (`q-c<client>-<seq>`): 202 with an id is accepted, 413,
+    503 `queue_full` and 4xx refused, anything else unknown (see `queue_classify`).
+    After the faults, the pair recovered, the backend up, `settle` waits (QUEUE_DRAIN s
+    at most) until every accepted key is in the backend's log or the serving gateway's
+    queue depth is 0.
+
     Checked on every half's store, after the run, both servers stopped: the counter of
     each project is >= its acknowledged requests (no lost increment) and <= the requests
     that may have been counted (no phantom); both halves hold the same counters
     (replicated); `capped` let through no more than its limit; the configuration
-    deployed before the run (its revision, both projects) is stored."""
+    deployed before the run (its revision, all three projects) is stored. Queued
+    delivery (`check_queue`): every accepted key delivered at least once (async: a
+    message lost on a failover by design is counted, not a violation, unless a half's
+    store still holds it); no key delivered, nor stored, that was never sent or was
+    refused; every delivery of a key carries the message id its 202 gave and the body
+    sent; keys delivered more than once are counted (duplicates, expected for messages
+    in flight at a kill or a backend stop); sync: both halves' stores hold the same
+    message ids."""
 
     component = "AGS"
 
-    def __init__(self, pair: Pair, capped_limit: int | None = None, workers: int | None = None) -> None:
+    def __init__(self, pair: Pair, capped_limit: int | None = None, workers: int | None = None,
+                 queue_clients: int | None = None) -> None:
         super().__init__(pair)
         self.capped_limit = capped_limit if capped_limit is not None else self.default_cap()
         self.workers = workers if workers is not None else int(os.environ.get("FAULTS_AGS_WORKERS", "1"))
+        self.queue_clients = queue_clients if queue_clients is not None else self.default_queue_clients()
+        self.backend: QueueBackend | None = None
+        self.drain_s: float | None = None
         self.ams = CliServer(pair.home_path, "server1/AMS", pair.env, pair.seen_pids)
         self.echo: subprocess.Popen[bytes] | None = None
         self.echo_log = pair.workdir / "echo.out"
@@ -941,6 +1111,11 @@ class AgsLoad(Load):
         """The capped project's limit: FAULTS_AGS_CAP, default 150 (0: no capped project)."""
         return int(os.environ.get("FAULTS_AGS_CAP", "150"))
 
+    @staticmethod
+    def default_queue_clients() -> int:
+        """Clients of the queued project: FAULTS_AGS_QUEUE, default 2 (0: no queued delivery)."""
+        return int(os.environ.get("FAULTS_AGS_QUEUE", "2"))
+
     def setup(self) -> None:
         pair, topo = self.pair, self.pair.topo
         backend_host = topo.public_root[0]
@@ -951,6 +1126,10 @@ class AgsLoad(Load):
                                          stderr=subprocess.STDOUT)
         if not _wait(lambda: _connects(backend_host, port), 15):
             raise RuntimeError(f"echo backend did not listen on {backend_host}:{port}")
+        qport = free_port()
+        self.backend = QueueBackend(backend_host, qport, pair.workdir / "queue-echo.jsonl",
+                                    pair.workdir / "queue-echo.out", random.Random(f"queue-backend-{pair.seed}"))
+        self.backend.up()
         set_profile_values(pair.home_path, self.ams.name, ["server.ClientAddress=0.0.0.0"])
         ams_port = int(self.ams.profile.server.ClientPort)
         self.ams_url = f"http://{backend_host}:{ams_port}"
@@ -960,7 +1139,7 @@ class AgsLoad(Load):
         for i, name in enumerate(pair.names):
             set_profile_values(pair.home_path, name, [f"ha.PrimaryURL=http://{topo.public_root[i]}:{ams_port}",
                                                       "ha.BackupURLs=", f"gateway.Workers={self.workers}"])
-        self._deploy(f"http://{backend_host}:{port}")
+        self._deploy(f"http://{backend_host}:{port}", f"http://{backend_host}:{qport}")
 
     def _api_up(self) -> bool:
         try:
@@ -968,7 +1147,7 @@ class AgsLoad(Load):
         except OSError:
             return False
 
-    def _deploy(self, backend: str) -> None:
+    def _deploy(self, backend: str, queue_backend: str) -> None:
         def ok(want: int, method: str, path: str, body: Any = None) -> Any:
             code, data = api_call(self.ams_url, method, path, body)
             if code != want:
@@ -982,25 +1161,31 @@ class AgsLoad(Load):
                 "name": name, "context_path": f"/{name}", "targets": [{"url": f"{backend}/v1"}],
                 "policies": [{"type": "api-key"}, {"type": "quota", "limit": limit, "period": QUOTA_PERIOD}]})
             ok(202, "POST", f"/api/v1/projects/{name}/deploy", {"environment": "default"})
+        ok(201, "POST", "/api/v1/projects", {"name": QUEUE, "context_path": f"/{QUEUE}",
+                                             "targets": [{"url": f"{queue_backend}/v1"}], "policies": [QUEUE_POLICY]})
+        ok(202, "POST", f"/api/v1/projects/{QUEUE}/deploy", {"environment": "default"})
 
-        def current() -> bool:  # the environment's document has both projects: its revision is deployed
+        def current() -> bool:  # the environment's document has every project: its revision is deployed
             code, doc = api_call(self.ams_url, "GET", "/api/v1/gateway/config?environment=default&revision=0&wait=0")
             if code == 200 and isinstance(doc, dict) and \
-                    {p.get("name") for p in doc.get("projects", [])} >= set(self.limits):
+                    {p.get("name") for p in doc.get("projects", [])} >= {*self.limits, QUEUE}:
                 self.revision = int(doc["revision"])
                 return True
             return False
         if not _wait(current, 20):
-            raise RuntimeError("the AMS never published a document with both projects")
+            raise RuntimeError("the AMS never published a document with all three projects")
         self.period_at_start = _period_id()
 
     def _serves(self, i: int) -> bool:
-        """Server i answers both projects (without a key: 401, nothing counted)."""
+        """Server i answers every project (without a key: 401, nothing counted; the queue
+        with an over-long Idempotency-Key: 400 from its queue step, nothing stored)."""
         for name in self.limits:
             op = http_op(0, "probe", self.pair.client_addr(i), "GET", f"/{name}/probe", None, {}, 1.0, ags_classify)
             if op.status != 401 or "missing_credentials" not in op.detail:
                 return False
-        return True
+        op = http_op(0, "probe", self.pair.client_addr(i), "POST", f"/{QUEUE}/probe", b"",
+                     {"Idempotency-Key": "k" * 300}, 1.0, queue_classify)
+        return op.status == 400 and "bad_request" in op.detail
 
     def ready(self) -> None:
         pair = self.pair
@@ -1018,15 +1203,55 @@ class AgsLoad(Load):
         self.limits = {g: self.limits[g] for g in dict.fromkeys(groups)}
 
         def request(cid: int, seq: int, which: int) -> Op:
+            if cid >= len(groups):  # a queue client: a unique Idempotency-Key per request
+                key = f"q-c{cid}-{seq}"
+                op = http_op(cid, key, addrs[which], "POST", f"/{QUEUE}/c{cid}/{seq}", queue_body(key),
+                             {"Idempotency-Key": key, "Content-Type": "text/plain"}, 3.0, queue_classify, group=QUEUE)
+                if op.outcome == "ok" and not op.mid:  # a 202 without an id is no acceptance
+                    op.outcome, op.detail = "unknown", op.detail + " (no id)"
+                return op
             g = groups[cid]
             return http_op(cid, f"{g}:c{cid}-{seq}", addrs[which], "GET", f"/{g}/c{cid}/{seq}", None, headers,
                            3.0, ags_classify, group=g)
 
         def moves(op: Op) -> bool:  # a passive's port is closed; a 503 may be a server stepping down
             return not op.sent or op.status == 503
-        return Workload(request, moves, [pause] * len(groups))
+        backend = self.backend
+        side = backend.toggle if backend is not None and self.queue_clients > 0 else None
+        return Workload(request, moves, [pause] * (len(groups) + self.queue_clients), side=side)
+
+    def settle(self, report: Report, ops: list[Op]) -> None:
+        """The backend up, wait until every accepted message is delivered (in the backend's
+        log), or the serving gateway's queue is empty (nothing more will come), for
+        QUEUE_DRAIN s at most; then, replicated, until the halves' LSNs agree again."""
+        backend = self.backend
+        if backend is None or self.queue_clients <= 0:
+            return
+        backend.up()
+        accepted = {o.name for o in ops if o.group == QUEUE and o.outcome == "ok"}
+        t0 = now()
+        last: dict[str, Any] = {}
+
+        def drained() -> bool:
+            i = self.pair.serving_index()
+            depth = queue_depth(self.pair, i) if i is not None else None  # (read before the log)
+            missing = accepted - backend.delivered_keys()
+            last.update(depth=depth, missing=len(missing))
+            return not missing or depth == 0
+        try:
+            wait_for(drained, QUEUE_DRAIN, "queued messages delivered", interval=0.2)
+            self.drain_s = now() - t0
+        except AssertionError:
+            report.notes.append(f"queue: not drained within {QUEUE_DRAIN:.0f} s: {last.get('missing')} accepted "
+                                f"key(s) not delivered, the serving gateway's queue depth {last.get('depth')}")
+        if last.get("missing") and last.get("depth") == 0:
+            report.notes.append(f"queue: the serving gateway's queue is empty with {last['missing']} accepted "
+                                "key(s) never delivered")
+        if not self.pair.shared:
+            _wait(lambda: _lsn_equal(self.pair), 10)
 
     def check(self, report: Report, ops: list[Op]) -> None:
+        all_ops, ops = ops, [o for o in ops if o.group != QUEUE]  # acked/failed/unknown: the quota requests
         report.acked = sum(1 for o in ops if o.outcome == "ok")
         report.failed = sum(1 for o in ops if o.outcome == "failed")
         report.unknown = sum(1 for o in ops if o.outcome == "unknown")
@@ -1071,7 +1296,94 @@ class AgsLoad(Load):
             if any(n > limit for n in stored):
                 report.findings.append(f"{g}: stored counter {stored} over the quota limit {limit}")
         report.failed_present = []
+        if self.queue_clients > 0 and self.backend is not None:
+            self.check_queue(report, all_ops)
 
+    def check_queue(self, report: Report, ops: list[Op]) -> None:
+        """The queued-delivery part of the checker (see the class docstring)."""
+        assert self.backend is not None
+        qops = [o for o in ops if o.group == QUEUE]
+        by_key = {o.name: o for o in qops}
+        accepted = {k for k, o in by_key.items() if o.outcome == "ok"}
+        refused = {k for k, o in by_key.items() if o.outcome == "failed" and o.sent}
+        unsent = {k for k, o in by_key.items() if not o.sent}
+        unknown = {k for k, o in by_key.items() if o.outcome == "unknown"}
+        deliveries, bad_lines = self.backend.deliveries()
+        if bad_lines:
+            report.notes.append(f"queue: {bad_lines} line(s) of the backend's log do not parse")
+        seen: dict[str, list[dict[str, Any]]] = {}
+        for d in deliveries:
+            seen.setdefault(d["key"], []).append(d)
+        delivered = set(seen)
+        q = report.queue
+        q.update(accepted=len(accepted), delivered=len(delivered & accepted), deliveries=len(deliveries),
+                 duplicates=sum(1 for ds in seen.values() if len(ds) > 1), unknown=len(unknown),
+                 unknown_delivered=len(unknown & delivered), refused=len(refused), unsent=len(unsent),
+                 backend_down=len(self.backend.phases))
+        if self.drain_s is not None:
+            q["drain_ms"] = round(self.drain_s * 1000)
+        answers: dict[str, int] = {}
+        for k in sorted(unknown | refused):
+            answer = by_key[k].detail.split(":")[0]
+            answers[answer] = answers.get(answer, 0) + 1
+        if answers:
+            report.notes.append(f"queue: answers neither 202 nor a refused connection: {answers}")
+        for key in sorted(delivered - accepted - unknown):
+            o = by_key.get(key)
+            why = "never sent by a client" if o is None or not o.sent else f"answered {o.detail} (refused)"
+            report.queue_phantoms.append(f"{key}: delivered {len(seen[key])}x, {why}")
+        for key in sorted(delivered):
+            o = by_key.get(key)
+            mids = {d["mid"] for d in seen[key]}
+            if o is not None and o.outcome == "ok" and mids != {o.mid}:
+                report.findings.append(f"queue {key}: accepted as message {o.mid}, delivered as {sorted(mids)}")
+            elif len(mids) > 1:
+                report.findings.append(f"queue {key}: one request delivered as {len(mids)} messages {sorted(mids)}")
+            want = hashlib.sha256(queue_body(key)).hexdigest()
+            m = re.fullmatch(r"q-c(\d+)-(\d+)", key)
+            wrong = [d for d in seen[key] if d["sha"] != want or not m or d["path"] != f"/v1/c{m[1]}/{m[2]}"]
+            if wrong:
+                report.findings.append(f"queue {key}: delivered with another body or path: {wrong[0]['line']}")
+        # the stores (both servers stopped): where is each message, and do the halves agree?
+        halves: list[dict[str, tuple[str, str]]] = []
+        for folder in self.pair.store_dirs():
+            msgs = read_messages(folder)
+            if msgs is None:
+                report.findings.append(f"no store at {folder}")
+                msgs = {}
+            halves.append(msgs)
+        diverged: dict[str, dict[str, tuple[str, str]]] = {}
+        for sub in diverged_copies(self.pair):
+            msgs = read_messages(sub)
+            if msgs is not None:
+                diverged[str(sub)] = msgs
+        keys_of = [{k: (mid, st) for mid, (k, st) in h.items()} for h in halves]
+        for h, msgs in enumerate(halves):
+            for mid, (key, st) in sorted(msgs.items()):
+                o = by_key.get(key)
+                if o is None or not o.sent or o.outcome == "failed":
+                    why = "never sent by a client" if o is None or not o.sent else f"answered {o.detail} (refused)"
+                    report.queue_phantoms.append(f"{key}: stored on half {h} as message {mid} ({st}), {why}")
+        for key in sorted(accepted - delivered):
+            where = [f"half {h} ({keys_of[h][key][1]})" for h in range(len(halves)) if key in keys_of[h]]
+            copies = [p for p, msgs in diverged.items() if any(k == key for k, _ in msgs.values())]
+            report.queue_lost.append(key)
+            if where:
+                report.queue_stuck.append(key)
+            report.queue_lost_where[key] = (f"stored on {', '.join(where)}" if where else "in no half's store") + (
+                f"; in diverged copy {copies}" if copies else "")
+        q["lost"] = len(report.queue_lost)
+        if len(halves) == 2:
+            ids = [set(h) for h in halves]
+            one_only = sorted(ids[0] ^ ids[1])
+            if one_only:
+                line = (f"queue: {len(one_only)} message(s) in one half's store only: "
+                        + ", ".join(f"{mid} ({(halves[0].get(mid) or halves[1].get(mid) or ('?', ''))[0]})"
+                                     for mid in one_only[:10]))
+                if self.pair.mode == "sync":
+                    report.findings.append(line)
+                else:
+                    report.notes.append(line)
     def log_paths(self) -> list[tuple[str, Path]]:
         return [(self.ams.name, p) for p in self.ams.log_paths()]
 
@@ -1082,6 +1394,8 @@ class AgsLoad(Load):
             if self.echo is not None:
                 stop_process(self.echo)
                 self.echo = None
+            if self.backend is not None:
+                self.backend.close()
 
 
 def _connects(host: str, port: int) -> bool:
@@ -1170,6 +1484,14 @@ class Report:
     tracebacks: list[str] = field(default_factory=list)
     quota: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # AGS queued delivery: figures (accepted, delivered, duplicates, unknown, lost, ...; see
+    # AgsLoad.check_queue), accepted keys never delivered (and of those, the ones a half's
+    # store still holds), where each is, keys delivered or stored that no client sent or that were refused
+    queue: dict[str, int] = field(default_factory=dict)
+    queue_lost: list[str] = field(default_factory=list)
+    queue_stuck: list[str] = field(default_factory=list)
+    queue_lost_where: dict[str, str] = field(default_factory=dict)
+    queue_phantoms: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -1183,8 +1505,36 @@ class Report:
             return [n for n in self.lost if n in self.divergent_halves]
         return self.lost
 
+    @property
+    def queue_asserted_lost(self) -> list[str]:
+        """Accepted messages never delivered that break a rule: all of them, but in async mode
+        only those a half's store still holds (the others went with a failover, by design)."""
+        if self.mode == "async":
+            return [k for k in self.queue_lost if k in self.queue_stuck]
+        return self.queue_lost
+
+    def queue_line(self) -> str:
+        """The queued-delivery figures in one line ("" when the run had none)."""
+        q = self.queue
+        if not q:
+            return ""
+        lost = len(self.queue_lost)
+        allowed = " (async, allowed)" if self.mode == "async" and lost and not self.queue_asserted_lost else ""
+        drain = f" drain={q['drain_ms'] / 1000:.1f}s" if "drain_ms" in q else ""
+        return (f"queue accepted={q.get('accepted', 0)} delivered={q.get('delivered', 0)} "
+                f"duplicates={q.get('duplicates', 0)} (deliveries={q.get('deliveries', 0)}) "
+                f"unknown={q.get('unknown', 0)} (delivered {q.get('unknown_delivered', 0)}) "
+                f"refused={q.get('refused', 0)} lost={lost}{allowed} phantoms={len(self.queue_phantoms)} "
+                f"backend_down={q.get('backend_down', 0)}x{drain}")
+
     def violations(self) -> list[str]:
         out = []
+        if self.queue_asserted_lost:
+            out.append(f"{len(self.queue_asserted_lost)} accepted (202) queued messages never delivered: "
+                       + ", ".join(f"{k} ({self.queue_lost_where.get(k, '?')})" for k in self.queue_asserted_lost[:10]))
+        if self.queue_phantoms:
+            out.append(f"{len(self.queue_phantoms)} queued messages delivered or stored that no client sent, "
+                       f"or that were refused: {self.queue_phantoms[:10]}")
         if self.asserted_lost:
             out.append(f"{len(self.asserted_lost)} acknowledged writes lost: {self.asserted_lost[:10]}")
         if self.divergent_halves:
@@ -1213,7 +1563,9 @@ class Report:
                 f"not_recovered={len(self.not_recovered)} serving={self.serving_share * 100:.1f}% "
                 f"goal_misses={sum(1 for f in self.faults if goal_missed(f))} "
                 f"log_tracebacks={len(self.tracebacks)}"
-                + "".join(f"\n  quota {q}" for q in self.quota) + "".join(f"\n  note: {n}" for n in self.notes))
+                + "".join(f"\n  quota {q}" for q in self.quota)
+                + (f"\n  {self.queue_line()}" if self.queue else "")
+                + "".join(f"\n  note: {n}" for n in self.notes))
 
 
 def goal_missed(f: FaultRecord) -> bool:
@@ -1417,7 +1769,7 @@ def run_mode(mode: str, seed: int, schedule: list[Planned], workdir: Path, log: 
     check the history; always tears down."""
     check_privileges()
     cleanup_stale(log)
-    pair = Pair(workdir, mode, tag, tmpfs_mb, log, component)
+    pair = Pair(workdir, mode, tag, tmpfs_mb, log, component, seed)
     report = Report(mode, seed, component)
     sampler: Sampler | None = None
     work: Workload | None = None
@@ -1450,6 +1802,7 @@ def run_mode(mode: str, seed: int, schedule: list[Planned], workdir: Path, log: 
             _wait(lambda: _lsn_equal(pair), 10)
         t_end = now()
         sampler.stop()
+        pair.load.settle(report, work.ops)
         for i in (1, 0) if pair.serving_index() == 0 else (0, 1):  # the passive first
             pair.stop(i)
         pair.load.teardown()
@@ -1537,6 +1890,23 @@ def explain(report: Report, pair: Pair, ops: list[Op], t_base: float) -> str:
     lines = [f"VIOLATIONS in {report.label} (seed {report.seed}):"]
     lines += [f"  - {v}" for v in report.violations()]
     lines += [f"  quota {q}" for q in report.quota] + [f"  note: {n}" for n in report.notes]
+    if report.queue:
+        lines.append(f"  {report.queue_line()}")
+    backend = getattr(pair.load, "backend", None)
+    for key in list(dict.fromkeys(report.queue_asserted_lost + [p.split(":")[0] for p in report.queue_phantoms]))[:10]:
+        o = next((x for x in ops if x.name == key), None)
+        lines.append(f"  queue key {key}: " + (f"{o.outcome} {o.detail} id={o.mid or '-'} via {o.url} "
+                                              f"t={o.start - t_base:.3f}..{o.end - t_base:.3f}" if o else "no op")
+                     + f" ({report.queue_lost_where.get(key, 'delivered')})")
+        if o is not None:
+            for f in report.faults:
+                if f.start - 10 <= o.end <= (f.recovered_at or f.end) + 2:
+                    lines.append("      near " + fault_line(f, t_base))
+        if isinstance(backend, QueueBackend):
+            lines += [f"      backend log: {d['line']}" for d in backend.deliveries()[0] if d["key"] == key][:5]
+    if isinstance(backend, QueueBackend):
+        lines.append("  queue backend down: " + ", ".join(f"t={a - t_base:.2f}..{b - t_base:.2f}"
+                                                          for a, b in backend.phases))
     by_name = {o.name: o for o in ops}
     bad = report.asserted_lost + report.failed_present + report.divergent_halves
     for name in list(dict.fromkeys(bad))[:10]:
