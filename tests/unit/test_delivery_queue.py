@@ -108,9 +108,11 @@ def test_a_failed_durability_wait_is_an_unknown_answer_and_the_retry_gets_the_sa
         r = await submit(q, idem="pay-1")
         assert r[0] == UNAVAILABLE and "not confirmed durable" in r[2]
         assert len(store.scan(NS_MSG)) + len(store.scan(NS_STATE)) == 1, "stored: the answer was 'unknown'"
+        r1 = await submit(q, idem="pay-1")  # still not confirmed: the retry is not told "accepted"
+        assert r1[0] == UNAVAILABLE and "not confirmed durable" in r1[2]
         fail[0] = False
-        r2 = await submit(q, idem="pay-1")
-        assert r2[0] == ACCEPTED and r2[2] == "duplicate"
+        r2 = await submit(q, idem="pay-1")  # confirmed now: accepted, the same message
+        assert r2[0] == ACCEPTED and r2[2] == "duplicate" and len(store.scan(NS_MSG)) <= 1
         await wait_for_async(lambda: _keys(echo) == ["pay-1"], 5, "delivered once")
         await q.close()
     _run(t, tmp_path)
@@ -236,3 +238,35 @@ def test_active_health_checks_keep_deliveries_off_a_failing_target(tmp_path: Pat
 
 def echo_port(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
+
+
+def test_a_hung_commit_answers_unknown_and_a_retry_waits_for_what_the_commit_did(tmp_path: Path,
+                                                                              monkeypatch: Any) -> None:
+    import tandem.ags.delivery.queue as queue_module
+
+    monkeypatch.setattr(queue_module, "TIMEOUT", 0.2)
+
+    async def t(store: SqliteStore, echo: EchoServer, url: str, _: int) -> None:
+        q = _queue(store)
+        q.configure(_doc(url))
+        await q.start()
+        real = store.commit
+        release = __import__("threading").Event()
+
+        def slow(ops: Any) -> Any:
+            release.wait(5)
+            return real(ops)
+
+        store.commit = slow  # type: ignore[method-assign]
+        first = await submit(q, idem="slow-1")
+        assert first[0] == UNAVAILABLE and "did not commit within" in first[2]
+        retry = submit(q, idem="slow-1")  # the commit is still running: the retry waits for its outcome
+        await asyncio.sleep(0.05)
+        assert not retry.done()
+        release.set()
+        r = await retry
+        assert r[0] == ACCEPTED and list(q.msgs) == [r[1]], (r, q.msgs)  # the one message, not a second
+        store.commit = real  # type: ignore[method-assign]
+        await wait_for_async(lambda: _keys(echo) == ["slow-1"], 5, "the stored message is delivered once")
+        await q.close()
+    _run(t, tmp_path)

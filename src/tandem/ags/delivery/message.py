@@ -31,7 +31,7 @@ def iso(t: float | None) -> str | None:
 class Msg:
     __slots__ = ("id", "project", "state", "attempts", "next_at", "since", "accepted_at", "method", "rest",
                  "query", "head", "body", "idem", "order", "last_status", "last_error", "done_at", "reason",
-                 "size", "waiters", "lane", "target")
+                 "size", "waiters", "unconfirmed", "lane", "target")
 
     def __init__(self, mid: str, project: str, accepted_at: float) -> None:
         self.id, self.project, self.accepted_at = mid, project, accepted_at
@@ -45,6 +45,7 @@ class Msg:
         self.reason = ""
         self.size = 0
         self.waiters: list[asyncio.Future[Any]] | None = None  # until durable: duplicates wait too
+        self.unconfirmed = False  # stored here, but the passive's copy was not confirmed (yet)
         self.lane: tuple[str, str] | None = None
         self.target: Target | None = None
 

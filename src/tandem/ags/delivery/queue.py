@@ -249,6 +249,8 @@ class MessageQueue:
                 c.duplicates += 1
                 if old.waiters is not None:
                     old.waiters.append(fut)
+                elif old.unconfirmed:  # an earlier answer was "unknown": confirm durability before "accepted"
+                    self._spawn(self._confirm(old, fut))
                 else:
                     fut.set_result((ACCEPTED, old.id, "duplicate"))
                 return fut
@@ -285,8 +287,15 @@ class MessageQueue:
                 batch, self.batch = self.batch, []
                 ops = [Op(NS_MSG, m.id, m.record()) for m in batch]
                 store = self.store()
+                commit = asyncio.ensure_future(asyncio.to_thread(store.commit, ops))
                 try:
-                    await asyncio.wait_for(asyncio.to_thread(store.commit, ops), TIMEOUT)
+                    try:
+                        await asyncio.wait_for(asyncio.shield(commit), TIMEOUT)
+                    except TimeoutError:
+                        # a hung store: the clients get "unknown" now, the messages stay pending (a retry
+                        # with the same key waits too) until the commit, still running, says what it did
+                        self._answer_waiting(batch, f"the store did not commit within {TIMEOUT:g} s")
+                        await commit
                 except Exception as exc:
                     for m in batch:  # nothing stored: memory forgets them too
                         self._forget(m)
@@ -297,6 +306,7 @@ class MessageQueue:
                     await asyncio.wait_for(self.durable(), TIMEOUT)
                 except Exception as exc:  # stored here, maybe on the passive: the answer is "unknown"
                     for m in batch:
+                        m.unconfirmed = True
                         self._enqueue(m)
                     self._release(batch, UNAVAILABLE, f"stored but not confirmed durable: {exc or type(exc).__name__}")
                     continue
@@ -305,6 +315,24 @@ class MessageQueue:
                 self._release(batch, ACCEPTED, "")
         finally:
             self.flushing = False
+
+    def _answer_waiting(self, batch: list[Msg], why: str) -> None:
+        """Answer UNAVAILABLE to whoever waits now; the messages stay pending (waiters: an empty list)."""
+        for m in batch:
+            waiters, m.waiters = m.waiters or [], []
+            for fut in waiters:
+                _settle(fut, (UNAVAILABLE, "", why))
+        log.warning("delivery: %d message(s) answered 503: %s", len(batch), why)
+
+    async def _confirm(self, m: Msg, fut: asyncio.Future[Accepted]) -> None:
+        """A retry of a message whose durability was not confirmed: "accepted" only once it is."""
+        try:
+            await asyncio.wait_for(self.durable(), TIMEOUT)
+        except Exception as exc:
+            _settle(fut, (UNAVAILABLE, "", f"stored but not confirmed durable: {exc or type(exc).__name__}"))
+            return
+        m.unconfirmed = False
+        _settle(fut, (ACCEPTED, m.id, "duplicate"))
 
     def _forget(self, m: Msg) -> None:
         self.msgs.pop(m.id, None)
