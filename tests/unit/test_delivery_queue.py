@@ -53,6 +53,19 @@ def _keys(echo: EchoServer) -> list[str]:
     return [dict(r["headers"]).get("Idempotency-Key", "") for r in echo.requests]
 
 
+def counted(q: MessageQueue) -> None:
+    """The incremental gauges (depth, dead, the oldest) agree with a count over every message."""
+    depth = sum(1 for m in q.msgs.values() if m.state in ("queued", "delivering") and m.waiters is None)
+    dead = sum(1 for m in q.msgs.values() if m.state == "dead")
+    assert q.totals() == (depth, dead)
+    for name, st in q.stats().items():
+        mine = [m for m in q.msgs.values() if m.project == name and m.state in ("queued", "delivering")
+                and m.waiters is None]
+        assert st["depth"] == len(mine)
+        if not mine:
+            assert st["oldest"] == 0.0
+
+
 def submit(q: MessageQueue, body: bytes = b"b", idem: str | None = None, order: str | None = None,
            rest: bytes = b"/x") -> asyncio.Future[Any]:
     """As the gateway hands it over: the client's Idempotency-Key is one of the forwarded headers."""
@@ -73,6 +86,7 @@ def test_accepts_are_group_committed_and_all_delivered(tmp_path: Path) -> None:
         assert sorted(_keys(echo)) == sorted(f"k{i}" for i in range(300))
         await wait_for_async(lambda: not store.scan(NS_MSG), 5, "delivered bodies deleted from the store")
         assert {v["s"] for _, v in store.scan(NS_STATE)} == {"delivered"}
+        counted(q)
         await q.close()
     _run(t, tmp_path)
 
@@ -90,6 +104,7 @@ def test_a_failed_commit_answers_unavailable_and_forgets_the_batch(tmp_path: Pat
         store.commit = real  # type: ignore[method-assign]
         r2 = await submit(q, idem="a")  # the retry makes the message (the first one never existed)
         assert r2[0] == ACCEPTED and r2[1]
+        counted(q)
         await q.close()
     _run(t, tmp_path)
 
@@ -114,6 +129,7 @@ def test_a_failed_durability_wait_is_an_unknown_answer_and_the_retry_gets_the_sa
         r2 = await submit(q, idem="pay-1")  # confirmed now: accepted, the same message
         assert r2[0] == ACCEPTED and r2[2] == "duplicate" and len(store.scan(NS_MSG)) <= 1
         await wait_for_async(lambda: _keys(echo) == ["pay-1"], 5, "delivered once")
+        counted(q)
         await q.close()
     _run(t, tmp_path)
 
@@ -131,6 +147,7 @@ def test_a_new_queue_resumes_from_the_store_and_a_halted_one_delivers_nothing(tm
         q1.configure(_doc(url, max_attempts=1000))  # even pointed at a live backend: it is halted
         await asyncio.sleep(0.2)
         assert not echo.requests and q1.counters["q"].attempts == attempts
+        counted(q1)
         await q1.close()
 
         q2 = _queue(store)  # the next activation: from the store
@@ -140,6 +157,7 @@ def test_a_new_queue_resumes_from_the_store_and_a_halted_one_delivers_nothing(tm
         assert sorted(_keys(echo)) == sorted(f"r{i}" for i in range(20))
         dup = await submit(q2, idem="r3")  # the dedup index came back with the store
         assert dup[0] == ACCEPTED and dup[2] == "duplicate"
+        counted(q2)
         await q2.close()
     _run(t, tmp_path)
 
@@ -158,6 +176,7 @@ def test_messages_with_the_same_order_key_go_one_at_a_time_in_accept_order(tmp_p
         a = [k for k in keys if k.startswith("a")]
         assert a == ["a0", "a0", "a1", "a2", "a3", "a4", "a5"], a
         assert [k for k in keys if k.startswith("b")] == [f"b{i}" for i in range(5)]
+        counted(q)
         await q.close()
     _run(t, tmp_path)
 
@@ -170,6 +189,7 @@ def test_dead_messages_are_redriven_once_per_counter_and_pruned_after_retention(
         r = await submit(q, idem="d1", rest=b"/flaky?fail=2")  # dead after 2 attempts; the 3rd succeeds
         await wait_for_async(lambda: (q.lookup(r[1]) or {}).get("state") == "dead", 5, "dead")
         assert q.totals() == (0, 1)
+        counted(q)
         q.configure(_doc(url, redrive=1, max_attempts=2, retention=60))
         await wait_for_async(lambda: (q.lookup(r[1]) or {}).get("state") == "delivered", 5, "redriven")
         assert _keys(echo) == ["d1"] * 3
@@ -179,6 +199,7 @@ def test_dead_messages_are_redriven_once_per_counter_and_pruned_after_retention(
         assert _keys(echo) == ["d1"] * 3
         await q.expire(time.time() + 86_400 * 2)  # past retention and ttl: deleted
         assert q.lookup(r[1]) is None and not store.scan(NS_STATE) and not store.scan(NS_MSG)
+        counted(q)
         await q.close()
     _run(t, tmp_path)
 
@@ -194,6 +215,7 @@ def test_limits_count_held_messages_and_free_on_delivery(tmp_path: Path) -> None
         assert a[0] == ACCEPTED and b[0] == 1, "the second would pass max_bytes"  # FULL
         await wait_for_async(lambda: q.counters["q"].held == 0, 5, "delivered: its bytes are free again")
         assert (await submit(q, b"y" * 600))[0] == ACCEPTED
+        counted(q)
         await q.close()
     _run(t, tmp_path)
 
@@ -231,6 +253,7 @@ def test_active_health_checks_keep_deliveries_off_a_failing_target(tmp_path: Pat
         await wait_for_async(lambda: len(echo.requests) >= 20, 10, "delivered")
         assert not [x for x in seen if x.startswith(b"POST ")], "no delivery went to the target held down"
         assert all(q.lookup(r[1])["attempts"] == 1 for r in results)  # type: ignore[index]
+        counted(q)
         await q.close()
         server.close()
     _run(t, tmp_path)
@@ -268,5 +291,6 @@ def test_a_hung_commit_answers_unknown_and_a_retry_waits_for_what_the_commit_did
         assert r[0] == ACCEPTED and list(q.msgs) == [r[1]], (r, q.msgs)  # the one message, not a second
         store.commit = real  # type: ignore[method-assign]
         await wait_for_async(lambda: _keys(echo) == ["slow-1"], 5, "the stored message is delivered once")
+        counted(q)
         await q.close()
     _run(t, tmp_path)

@@ -8,7 +8,7 @@ processes through their control socket (`RemoteQueue`, frames `D`/`d` and
 resumes the queue its predecessor replicated, and a former active, once
 passive, has no queue at all: it never delivers from a stale copy.
 
-Accepting. `submit(project, meta, body)` checks the project's limits
+Accepting. `submit(...)` checks the project's limits
 (`max_messages`, `max_bytes` over every message that still holds its body,
 `max_body_bytes`), deduplicates on the client's `Idempotency-Key` within
 the `ttl`, and adds the message to the pending batch. Batches are group
@@ -148,6 +148,10 @@ class MessageQueue:
             c.held_bytes += m.size
         if m.idem is not None:
             self.by_key[(m.project, m.idem)] = m
+        if m.state in (QUEUED, DELIVERING):
+            c.open(m.id, m.accepted_at)
+        elif m.state == DEAD:
+            c.dead_now += 1
         if m.state == QUEUED:
             self._enqueue(m)
 
@@ -302,19 +306,27 @@ class MessageQueue:
                     self._release(batch, UNAVAILABLE, f"not stored: {exc or type(exc).__name__}")
                     continue
                 self.commits += 1
-                try:
-                    await asyncio.wait_for(self.durable(), TIMEOUT)
-                except Exception as exc:  # stored here, maybe on the passive: the answer is "unknown"
-                    for m in batch:
-                        m.unconfirmed = True
-                        self._enqueue(m)
-                    self._release(batch, UNAVAILABLE, f"stored but not confirmed durable: {exc or type(exc).__name__}")
-                    continue
-                for m in batch:
-                    self._enqueue(m)
-                self._release(batch, ACCEPTED, "")
+                # (not pipelined: letting the next batch commit while this one waits for the passive made
+                # smaller batches and more CPU per message, at the same rate: docs/benchmarks.md)
+                await self._durable(batch)
         finally:
             self.flushing = False
+
+    async def _durable(self, batch: list[Msg]) -> None:
+        """A committed batch: accepted once the passive has it (rule 4); "unknown" if that is not confirmed."""
+        try:
+            await asyncio.wait_for(self.durable(), TIMEOUT)
+        except Exception as exc:  # stored here, maybe on the passive: the answer is "unknown"
+            for m in batch:
+                m.unconfirmed = True
+                self._counters(m.project).open(m.id, m.accepted_at)
+                self._enqueue(m)
+            self._release(batch, UNAVAILABLE, f"stored but not confirmed durable: {exc or type(exc).__name__}")
+            return
+        for m in batch:
+            self._counters(m.project).open(m.id, m.accepted_at)
+            self._enqueue(m)
+        self._release(batch, ACCEPTED, "")
 
     def _answer_waiting(self, batch: list[Msg], why: str) -> None:
         """Answer UNAVAILABLE to whoever waits now; the messages stay pending (waiters: an empty list)."""
@@ -488,6 +500,7 @@ class MessageQueue:
             m.reason = d.reason
             self._lane_done(m)
             c = self._counters(m.project)
+            c.shut(m.id)
             if d.state == DELIVERED:
                 c.delivered += 1
                 c.held -= 1
@@ -500,9 +513,13 @@ class MessageQueue:
                 c.tries_sum += m.attempts
             else:
                 c.dead += 1
+                c.dead_now += 1
                 log.warning("delivery: message %s of %s is dead: %s", m.id, m.project, d.reason)
         elif was == DEAD:  # redriven
             m.done_at, m.reason = None, ""
+            c = self._counters(m.project)
+            c.dead_now -= 1
+            c.open(m.id, m.accepted_at)
         if d.store:
             self._write_state(m)
         return d
@@ -629,6 +646,7 @@ class MessageQueue:
                     c = self._counters(m.project)
                     c.held -= 1
                     c.held_bytes -= m.size
+                    c.dead_now -= 1
 
     # ---- seeing it ----
     def stats(self) -> dict[str, dict[str, Any]]:
@@ -636,27 +654,15 @@ class MessageQueue:
         now = time.time()
         out: dict[str, dict[str, Any]] = {}
         for name, c in self.counters.items():
-            out[name] = {"depth": 0, "dead_now": 0, "oldest": 0.0, "c": c}
-        for m in self.msgs.values():
-            if m.waiters is not None:
-                continue
-            o = out[m.project]
-            if m.state in (QUEUED, DELIVERING):
-                o["depth"] += 1
-                o["oldest"] = max(o["oldest"], now - m.accepted_at)
-            elif m.state == DEAD:
-                o["dead_now"] += 1
+            first = next(iter(c.pending.values()), None)  # (kept in accept order: the oldest is first)
+            out[name] = {"depth": len(c.pending), "dead_now": c.dead_now,
+                         "oldest": now - first if first is not None else 0.0, "c": c}
         return out
 
     def totals(self) -> tuple[int, int]:
         """(queued or in delivery, dead) over every project: what the feed poll reports to the AMS."""
-        q = d = 0
-        for m in self.msgs.values():
-            if m.state in (QUEUED, DELIVERING) and m.waiters is None:
-                q += 1
-            elif m.state == DEAD:
-                d += 1
-        return q, d
+        return (sum(len(c.pending) for c in self.counters.values()),
+                sum(c.dead_now for c in self.counters.values()))
 
     def metrics_text(self) -> str:
         return render(self.stats())

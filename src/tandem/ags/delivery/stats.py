@@ -12,7 +12,8 @@ TRY_BUCKETS = (1, 2, 3, 5, 10, 20, 50, 100, 1000)  # attempts a delivered messag
 
 class Counters:
     __slots__ = ("accepted", "duplicates", "full", "too_large", "unavailable", "delivered", "dead", "attempts",
-                 "failed_attempts", "lat", "lat_sum", "tries", "tries_sum", "held", "held_bytes")
+                 "failed_attempts", "lat", "lat_sum", "tries", "tries_sum", "held", "held_bytes", "dead_now",
+                 "pending")
 
     def __init__(self) -> None:
         self.accepted = self.duplicates = self.full = self.too_large = self.unavailable = 0
@@ -22,6 +23,14 @@ class Counters:
         self.tries = [0] * (len(TRY_BUCKETS) + 1)
         self.tries_sum = 0
         self.held = self.held_bytes = 0  # messages holding a body (queued, delivering, dead, pending)
+        self.dead_now = 0  # dead messages kept
+        self.pending: dict[str, float] = {}  # accepted, not yet delivered or dead: id -> accepted_at (in order)
+
+    def open(self, mid: str, accepted_at: float) -> None:
+        self.pending[mid] = accepted_at
+
+    def shut(self, mid: str) -> None:
+        self.pending.pop(mid, None)
 
 
 def render(stats: dict[str, dict[str, Any]]) -> str:
