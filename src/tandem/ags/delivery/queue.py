@@ -171,16 +171,8 @@ class MessageQueue:
 
     async def close(self) -> None:
         """Stop: pending accepts get UNAVAILABLE, deliveries in flight are cut, nothing more is dispatched."""
-        self.closed = self.halted = True
-        await self.health.stop()
-        for t in self._main:
-            t.cancel()
-        for t in list(self._deliveries):
-            t.cancel()
-        for t in [*self._main, *self._deliveries]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
-        self._main = []
+        self.closed = True
+        await self.halt()
         for m in self.batch:
             for fut in m.waiters or []:
                 _settle(fut, (UNAVAILABLE, "", "the gateway stopped serving"))
