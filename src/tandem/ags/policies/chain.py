@@ -34,7 +34,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import ValidationError
 
 from tandem.ags.policies.base import Answer, RequestEdit, SharedState, Step
-from tandem.model.policies import AUTH_TYPES, POLICY_MODELS_BY_TYPE, PolicyModel, describe_errors
+from tandem.model.policies import (
+    AUTH_TYPES,
+    POLICY_MODELS_BY_TYPE,
+    DeliveryPolicy,
+    PolicyModel,
+    describe_errors,
+)
 
 if TYPE_CHECKING:
     from tandem.ags.exchange import Exchange
@@ -329,7 +335,8 @@ def compile_chain(project: dict[str, Any], consumers: Consumers, services: Servi
         elif kind == "retry":
             retry = step
         elif kind == "delivery":
-            if step.queued:  # type: ignore[attr-defined]
+            model = models[i]
+            if isinstance(model, DeliveryPolicy) and model.mode == "queued":  # ("direct": proxied as usual)
                 queue = step
         else:
             if kind == "cache":
