@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from tandem.ags.balancer import Balancer, Target
 from tandem.ags.delivery.client import DeliveryError
-from tandem.ags.delivery.decide import Decision, Event, IllegalEvent, Message, Rules, decide
+from tandem.ags.delivery.decide import Decision, Event, IllegalEvent, Message, Rules, decide, is_delivered
 from tandem.ags.delivery.message import NS_META, NS_MSG, NS_STATE, Msg, message_from
 from tandem.ags.delivery.spec import Spec, delivery_policy
 from tandem.ags.delivery.states import DEAD, DELIVERED, DELIVERING, FINAL, QUEUED
@@ -97,7 +97,6 @@ class MessageQueue:
         self.batch: list[Msg] = []
         self.flushing = False
         self.state_ops: dict[str, Op] = {}
-        self.state_flushing = False
         self.closed = False
         self.halted = False  # no dispatching (stepping down); accepting may go on until closed
         self.loaded = False
@@ -279,9 +278,13 @@ class MessageQueue:
     async def _flush(self) -> None:
         """Group commit: one store commit (in a thread) and one durability wait per batch."""
         try:
-            while self.batch and not self.closed:
+            while (self.batch or self.state_ops) and not self.closed:
                 batch, self.batch = self.batch, []
                 ops = [Op(NS_MSG, m.id, m.record()) for m in batch]
+                states = list(self.state_ops.values())[:STATE_BATCH]  # state changes ride along (one commit)
+                for op in states:
+                    del self.state_ops[op.key if op.ns == NS_STATE else op.key + "\x00"]
+                ops += states
                 store = self.store()
                 commit = asyncio.ensure_future(asyncio.to_thread(store.commit, ops))
                 try:
@@ -296,8 +299,12 @@ class MessageQueue:
                     for m in batch:  # nothing stored: memory forgets them too
                         self._forget(m)
                     self._release(batch, UNAVAILABLE, f"not stored: {exc or type(exc).__name__}")
+                    if states:  # a lost state write: at worst one more delivery after a failover
+                        log.warning("delivery: %d state change(s) not stored: %s", len(states), exc)
                     continue
                 self.commits += 1
+                if not batch:
+                    continue
                 # (not pipelined: letting the next batch commit while this one waits for the passive made
                 # smaller batches and more CPU per message, at the same rate: docs/benchmarks.md)
                 await self._durable(batch)
@@ -544,9 +551,7 @@ class MessageQueue:
         self.inflight[target] -= 1
         if self.halted:
             return
-        if status is None or status >= 500:
-            c.failed_attempts += 1
-        elif status not in (spec.rules.delivered or range(200, 300)):
+        if not is_delivered(spec.rules, status):
             c.failed_attempts += 1
         d = self._decide(m, Event("outcome", status, error), spec.rules, time.time())
         if d is not None and d.state == QUEUED:
@@ -559,23 +564,9 @@ class MessageQueue:
         ops[m.id] = Op(NS_STATE, m.id, m.state_record())
         if m.state == DELIVERED:
             ops[m.id + "\x00"] = Op(NS_MSG, m.id, None)  # the body goes at once
-        if not self.state_flushing:
-            self.state_flushing = True
-            self._spawn(self._flush_states())
-
-    async def _flush_states(self) -> None:
-        try:
-            while self.state_ops and not self.closed:
-                items = list(self.state_ops.items())[:STATE_BATCH]
-                for k, _ in items:
-                    del self.state_ops[k]
-                try:
-                    await asyncio.to_thread(self.store().commit, [op for _, op in items])
-                except Exception as exc:  # a lost state write: at worst one more delivery after a failover
-                    log.warning("delivery: cannot store %d state change(s): %s", len(items), exc)
-                    await asyncio.sleep(0.5)
-        finally:
-            self.state_flushing = False
+        if not self.flushing:
+            self.flushing = True
+            self._spawn(self._flush())
 
     # ---- redrive, expiry, retention ----
     async def redrive(self, project: str, counter: int) -> int:
