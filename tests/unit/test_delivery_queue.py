@@ -294,3 +294,47 @@ def test_a_hung_commit_answers_unknown_and_a_retry_waits_for_what_the_commit_did
         counted(q)
         await q.close()
     _run(t, tmp_path)
+
+
+def test_delivered_messages_leave_memory_but_stay_readable_and_deduplicated(tmp_path: Path) -> None:
+    """A delivered message costs no memory beyond its key: its state is read from the store, a retry
+    with its key still gets its id (also after a restart), and it is gone after its retention."""
+    async def t(store: SqliteStore, echo: EchoServer, url: str, _: int) -> None:
+        q = _queue(store)
+        q.configure(_doc(url, retention=60, ttl=600))
+        await q.start()
+        results = await asyncio.gather(*[submit(q, idem=f"m{i}") for i in range(50)])
+        await wait_for_async(lambda: not q.msgs, 10, "every delivered message left memory")
+        await wait_for_async(lambda: (q.lookup(results[7][1]) or {}).get("state") == "delivered", 5,
+                             "read from the store")
+        again = await submit(q, idem="m7")
+        assert again == (ACCEPTED, results[7][1], "duplicate")
+        counted(q)
+        await q.close()
+        q2 = _queue(store)  # a restart: delivered ones are not loaded as messages, their keys are
+        q2.configure(_doc(url, retention=60, ttl=600))
+        await q2.start()
+        assert not q2.msgs and (await submit(q2, idem="m9"))[1] == results[9][1]
+        await q2.expire(time.time() + 601)  # past retention and ttl: deleted, key forgotten
+        assert q2.lookup(results[7][1]) is None and not store.scan(NS_STATE)
+        fresh = await submit(q2, idem="m7")
+        assert fresh[0] == ACCEPTED and fresh[1] != results[7][1]
+        await q2.close()
+    _run(t, tmp_path)
+
+
+def test_a_queued_message_past_its_ttl_is_dead_without_walking_the_queue(tmp_path: Path) -> None:
+    async def t(store: SqliteStore, echo: EchoServer, url: str, port: int) -> None:
+        down = f"http://127.0.0.1:{port + 1 if port < 65535 else port - 1}"
+        q = _queue(store)
+        q.configure(_doc(down, ttl=1, max_attempts=1000, backoff_initial=5, backoff_max=5))
+        await q.start()
+        r = await submit(q, idem="late")
+        await wait_for_async(lambda: (q.lookup(r[1]) or {}).get("attempts") == 1, 5, "one failed attempt")
+        await q.expire(time.time() + 2)
+        v = q.lookup(r[1]) or {}
+        assert v.get("state") == "dead" and "ttl" in v.get("reason", ""), v
+        assert not q.ttls, "the ttl heap holds nothing more"
+        counted(q)
+        await q.close()
+    _run(t, tmp_path)

@@ -87,7 +87,10 @@ class MessageQueue:
         self.connect_timeout, self.read_timeout, self.fail_timeout = connect_timeout, read_timeout, fail_timeout
         self.specs: dict[str, Spec] = {}
         self.msgs: dict[str, Msg] = {}
-        self.by_key: dict[tuple[str, str], Msg] = {}
+        # Idempotency-Key -> the live message, or (id, ttl start) of a delivered one (its state is in the store)
+        self.by_key: dict[tuple[str, str], Msg | tuple[str, float]] = {}
+        self.finals: list[tuple[float, str, str, str | None]] = []  # heap: (forget at, id, project, key)
+        self.ttls: list[tuple[float, str]] = []  # heap: (ttl end, id) of queued messages
         self.counters: dict[str, Counters] = {}
         self.heap: list[tuple[float, Msg]] = []  # due times of dispatchable messages (lazy: checked on pop)
         self.lanes: dict[tuple[str, str], deque[Msg]] = {}  # order_by_header lanes: only the head is in the heap
@@ -128,8 +131,12 @@ class MessageQueue:
             seen.add(mid)
             self._index(m)
         for mid, st in states.items():
-            if mid not in seen:  # delivered (its body deleted), or a dead one pruned of its body
-                self._index(message_from(mid, {}, st))
+            if mid not in seen:  # delivered (its body deleted): not kept in memory, only its key and its end
+                m = message_from(mid, {}, st)
+                if m.state == DELIVERED:
+                    self._retire(m)
+                else:
+                    self._index(m)
         self.loaded = True
         n = sum(1 for m in self.msgs.values() if m.state == QUEUED)
         if self.msgs:
@@ -151,8 +158,33 @@ class MessageQueue:
             c.open(m.id, m.accepted_at)
         elif m.state == DEAD:
             c.dead_now += 1
+            heapq.heappush(self.finals, (self._forget_at(m), m.id, m.project, m.idem))
         if m.state == QUEUED:
+            self._track_ttl(m)
             self._enqueue(m)
+
+    def _ttl(self, project: str) -> float:
+        spec = self.specs.get(project)
+        return spec.rules.ttl if spec is not None else Rules().ttl
+
+    def _track_ttl(self, m: Msg) -> None:
+        heapq.heappush(self.ttls, (m.since + self._ttl(m.project), m.id))
+
+    def _forget_at(self, m: Msg) -> float:
+        """When a delivered or dead message is deleted: after `retention`, never inside its ttl (dedup)."""
+        spec = self.specs.get(m.project)
+        retention = spec.retention if spec is not None else 7 * 86_400.0
+        return max((m.done_at or time.time()) + retention, m.since + self._ttl(m.project))
+
+    def _retire(self, m: Msg) -> None:
+        """A delivered message leaves memory: its state is in the store (lookup reads it there); its
+        Idempotency-Key stays known until its ttl ends, and it is deleted after its retention."""
+        self.msgs.pop(m.id, None)
+        if m.idem is not None:
+            cur = self.by_key.get((m.project, m.idem))
+            if cur is None or cur is m:
+                self.by_key[(m.project, m.idem)] = (m.id, m.since)
+        heapq.heappush(self.finals, (self._forget_at(m), m.id, m.project, m.idem))
 
     async def halt(self) -> None:
         """Deliver nothing more: deliveries in flight are cut (they stay queued in the store, so the next
@@ -240,6 +272,12 @@ class MessageQueue:
         now = time.time()
         if idem is not None:
             old = self.by_key.get((project, idem))
+            if isinstance(old, tuple):  # delivered already, within its ttl: the same answer
+                if now < old[1] + spec.rules.ttl:
+                    c.duplicates += 1
+                    fut.set_result((ACCEPTED, old[0], "duplicate"))
+                    return fut
+                old = None
             if old is not None and now < old.since + spec.rules.ttl:
                 c.duplicates += 1
                 if old.waiters is not None:
@@ -319,11 +357,13 @@ class MessageQueue:
             for m in batch:
                 m.unconfirmed = True
                 self._counters(m.project).open(m.id, m.accepted_at)
+                self._track_ttl(m)
                 self._enqueue(m)
             self._release(batch, UNAVAILABLE, f"stored but not confirmed durable: {exc or type(exc).__name__}")
             return
         for m in batch:
             self._counters(m.project).open(m.id, m.accepted_at)
+            self._track_ttl(m)
             self._enqueue(m)
         self._release(batch, ACCEPTED, "")
 
@@ -377,7 +417,14 @@ class MessageQueue:
 
     def lookup(self, mid: str) -> dict[str, Any] | None:
         m = self.msgs.get(mid)
-        if m is None or m.waiters is not None:  # (not yet durable: not accepted yet)
+        if m is None:  # delivered (not kept in memory), or unknown: the store says
+            try:
+                st = self.store().get(NS_STATE, mid)
+            except Exception as exc:
+                log.warning("delivery: cannot read the state of %s: %s", mid, exc)
+                return None
+            return message_from(mid, {}, st).view() if isinstance(st, dict) and st.get("s") in FINAL else None
+        if m.waiters is not None:  # (not yet durable: not accepted yet)
             return None
         return m.view()
 
@@ -513,14 +560,18 @@ class MessageQueue:
             else:
                 c.dead += 1
                 c.dead_now += 1
+                heapq.heappush(self.finals, (self._forget_at(m), m.id, m.project, m.idem))
                 log.warning("delivery: message %s of %s is dead: %s", m.id, m.project, d.reason)
         elif was == DEAD:  # redriven
             m.done_at, m.reason = None, ""
             c = self._counters(m.project)
             c.dead_now -= 1
             c.open(m.id, m.accepted_at)
+            self._track_ttl(m)
         if d.store:
             self._write_state(m)
+        if d.state == DELIVERED:
+            self._retire(m)
         return d
 
     async def _deliver(self, m: Msg, spec: Spec, target: Target) -> None:
@@ -598,35 +649,49 @@ class MessageQueue:
                 log.exception("delivery tick failed")
 
     async def expire(self, now: float) -> None:
-        """Queued messages past their ttl become dead; final ones past retention are deleted."""
-        gone: list[Msg] = []
-        for m in list(self.msgs.values()):
+        """Queued messages past their ttl become dead; delivered and dead ones past their retention are
+        deleted. Both are heaps by due time: a tick costs what is due, not the size of the queue."""
+        ttls = self.ttls
+        while ttls and ttls[0][0] <= now:
+            _, mid = heapq.heappop(ttls)
+            m = self.msgs.get(mid)
+            if m is None or m.state != QUEUED:  # in flight (its outcome checks the ttl), or finished
+                continue
             spec = self.specs.get(m.project)
-            rules = spec.rules if spec is not None else None
-            if m.state == QUEUED and rules is not None and now >= m.since + rules.ttl:
-                self._decide(m, Event("expire"), rules, now)
-            elif m.state in FINAL and m.done_at is not None:
-                retention = spec.retention if spec is not None else 7 * 86_400.0
-                ttl = rules.ttl if rules is not None else 0.0
-                if now >= max(m.done_at + retention, m.since + ttl):
-                    gone.append(m)
+            if spec is None:  # not deployed here now: looked at again in a minute
+                heapq.heappush(ttls, (now + 60.0, mid))
+            elif now < m.since + spec.rules.ttl:  # (its ttl was raised meanwhile)
+                heapq.heappush(ttls, (m.since + spec.rules.ttl, mid))
+            else:
+                self._decide(m, Event("expire"), spec.rules, now)
+        finals = self.finals
+        gone: list[tuple[str, str, str | None, Msg | None]] = []
+        while finals and finals[0][0] <= now and len(gone) < DELETE_CHUNK:
+            _, mid, project, idem = heapq.heappop(finals)
+            m = self.msgs.get(mid)
+            if m is not None and (m.state not in FINAL or self._forget_at(m) > now):
+                continue  # redriven since (and maybe dead again: its newer entry decides)
+            gone.append((mid, project, idem, m))
         if not gone:
             return
-        for i in range(0, len(gone), DELETE_CHUNK):
-            chunk = gone[i:i + DELETE_CHUNK]
-            ops = [Op(NS_STATE, m.id, None) for m in chunk] + [Op(NS_MSG, m.id, None) for m in chunk
-                                                                 if m.state == DEAD]
-            try:
-                await asyncio.to_thread(self.store().commit, ops)
-            except Exception as exc:
-                log.warning("delivery: cannot delete %d message(s) past retention: %s", len(chunk), exc)
-                return
-            for m in chunk:
-                self.msgs.pop(m.id, None)
-                if m.idem is not None and self.by_key.get((m.project, m.idem)) is m:
-                    del self.by_key[(m.project, m.idem)]
+        ops = [Op(NS_STATE, mid, None) for mid, _, _, _ in gone]
+        ops += [Op(NS_MSG, mid, None) for mid, _, _, m in gone if m is not None and m.state == DEAD]
+        try:
+            await asyncio.to_thread(self.store().commit, ops)
+        except Exception as exc:
+            log.warning("delivery: cannot delete %d message(s) past retention: %s", len(gone), exc)
+            for mid, project, idem, _ in gone:  # tried again later
+                heapq.heappush(finals, (now + 30.0, mid, project, idem))
+            return
+        for mid, project, idem, m in gone:
+            if idem is not None:
+                cur = self.by_key.get((project, idem))
+                if (cur is m) if m is not None else (isinstance(cur, tuple) and cur[0] == mid):
+                    del self.by_key[(project, idem)]
+            if m is not None:
+                self.msgs.pop(mid, None)
                 if m.state == DEAD:
-                    c = self._counters(m.project)
+                    c = self._counters(project)
                     c.held -= 1
                     c.held_bytes -= m.size
                     c.dead_now -= 1
