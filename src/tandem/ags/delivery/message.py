@@ -45,7 +45,7 @@ class Msg:
         self.reason = ""
         self.size = 0
         self.waiters: list[asyncio.Future[Any]] | None = None  # until durable: duplicates wait too
-        self.unconfirmed = False  # stored here, but the passive's copy was not confirmed (yet)
+        self.unconfirmed = False  # stored here; not (yet) confirmed on the passive
         self.lane: tuple[str, str] | None = None
         self.target: Target | None = None
 
