@@ -28,17 +28,14 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import ValidationError
-
 from tandem.ags.balancer import Balancer, Target
-from tandem.ags.delivery.endpoint import CONTEXT as RESERVED
 from tandem.ags.delivery.endpoint import MessagesRoute
 from tandem.ags.health import Check
 from tandem.ags.policies import Consumers, Services, compile_chain
 from tandem.ags.policies.chain import AUTH_KINDS
 from tandem.ags.router import Router, context_key, split_host
-from tandem.model.document import document_digest
-from tandem.model.policies import TimeoutPolicy
+from tandem.model.document import document_digest, reserved_context
+from tandem.model.policies import project_timeouts
 
 log = logging.getLogger("tandem.ags")
 
@@ -154,11 +151,8 @@ class Project:
         self.balancer = Balancer(targets)
         self.health = Check(raw["health_check"]) if raw.get("health_check") else None
         self.stats = stats
-        self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
         policies = raw.get("policies") or []
-        for policy in policies:
-            if policy["type"] == "timeout":
-                self.connect_timeout, self.read_timeout = _timeouts(policy, connect_timeout, read_timeout)
+        self.connect_timeout, self.read_timeout = project_timeouts(policies, connect_timeout, read_timeout)
         consumers = consumers if consumers is not None else Consumers([])
         self.consumers_digest = (consumers.digest if any(p["type"] in AUTH_KINDS for p in policies)
                                  else None)
@@ -166,19 +160,6 @@ class Project:
 
     def __repr__(self) -> str:
         return f"<Project {self.name} context={self.context!r} targets={len(self.balancer.targets)}>"
-
-
-def _timeouts(policy: dict[str, Any], connect: float, read: float) -> tuple[float, float]:
-    """Seconds from a `timeout` policy (tandem.model.policies.TimeoutPolicy: `connect`, `read`). A field
-    the policy leaves out keeps the gateway's own timeout (ConnectTimeout/ReadTimeout), not the model's
-    default: a configuration from the AMS carries both. An invalid policy keeps both (`compile_chain`
-    refuses the project anyway)."""
-    try:
-        m = TimeoutPolicy.model_validate(policy)
-    except ValidationError:
-        return connect, read
-    given = m.model_fields_set
-    return (float(m.connect) if "connect" in given else connect, float(m.read) if "read" in given else read)
 
 
 class CompiledConfig:
@@ -206,8 +187,7 @@ def compile_config(doc: dict[str, Any], pool_for: Callable[[Target], Any], stats
     consumers = Consumers(doc.get("consumers") or [])
     services = services if services is not None else Services()
     for raw in doc["projects"]:
-        if context_key(raw["context_path"]).startswith(RESERVED) and \
-                context_key(raw["context_path"])[len(RESERVED):len(RESERVED) + 1] in (b"", b"/"):
+        if reserved_context(raw["context_path"]):
             log.error("project %r not served: its context path %r is reserved for the gateway's own "
                       "endpoints", raw["name"], raw["context_path"])
             continue
@@ -217,7 +197,5 @@ def compile_config(doc: dict[str, Any], pool_for: Callable[[Target], Any], stats
         else:
             projects[raw["name"]] = Project(raw, pool_for, stats_for(raw["name"]), connect_timeout, read_timeout,
                                             consumers, services)
-    local = previous.router.table.get(RESERVED, (None,))[0] if previous is not None else None
-    if not isinstance(local, MessagesRoute):
-        local = MessagesRoute(services, stats_for("_tandem"))
-    return CompiledConfig(doc["revision"], doc["environment"], projects, doc.get("digest", ""), local)
+    return CompiledConfig(doc["revision"], doc["environment"], projects, doc.get("digest", ""),
+                          MessagesRoute(services, stats_for("_tandem")))

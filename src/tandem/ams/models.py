@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tandem.model.document import RESERVED_CONTEXT, reserved_context
 from tandem.model.policies import AUTH_TYPES, HTTP_METHOD, Policy, QuotaPolicy, RateLimitPolicy
 from tandem.model.policies import (
     FieldError as FieldError,  # re-exported: errors.py and callers import it here
@@ -77,9 +78,6 @@ def check_target_url(v: str) -> str:
     return v
 
 
-RESERVED_CONTEXT = "/_tandem"  # the gateway answers /_tandem/messages/{id} itself (docs/delivery.md)
-
-
 def check_context_path(v: str) -> str:
     """A path prefix: starts with '/', no empty, '.' or '..' segments; trailing '/' dropped."""
     if not v.startswith("/"):
@@ -87,7 +85,7 @@ def check_context_path(v: str) -> str:
     if _SEGMENT_BAD.search(v.rstrip("/") or "/") and v != "/":
         raise ValueError("must not contain '//', '.' or '..' segments, '?', '#', '\\' or whitespace")
     v = v.rstrip("/") or "/"
-    if v == RESERVED_CONTEXT or v.startswith(RESERVED_CONTEXT + "/"):
+    if reserved_context(v):
         raise ValueError(f"{RESERVED_CONTEXT} is reserved for the gateway's own endpoints")
     return v
 

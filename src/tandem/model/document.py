@@ -22,6 +22,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 DIGEST_FIELDS = ("environment", "revision", "projects", "consumers")
+RESERVED_CONTEXT = "/_tandem"  # the gateway answers /_tandem/messages/{id} itself (docs/delivery.md)
+
+
+def reserved_context(context_path: str) -> bool:
+    """Whether `context_path` is the gateway's own (`/_tandem` or under it): the AMS refuses it, a
+    gateway handed one anyway does not serve it."""
+    path = context_path.rstrip("/")
+    return path == RESERVED_CONTEXT or path.startswith(RESERVED_CONTEXT + "/")
 
 
 def canonical_json(obj: Any) -> bytes:

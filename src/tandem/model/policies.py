@@ -374,6 +374,24 @@ class DeliveryPolicy(PolicyModel):
         return self
 
 
+
+def project_timeouts(policies: list[dict[str, Any]], connect: float, read: float) -> tuple[float, float]:
+    """(connect, read) seconds for a project's upstream: each `timeout` policy's fields, in order. A field
+    the policy leaves out keeps the gateway's own timeout (ConnectTimeout/ReadTimeout), not the model's
+    default: a configuration from the AMS carries both. An invalid policy keeps both (the gateway's
+    `compile_chain` refuses the project anyway)."""
+    for policy in policies:
+        if policy.get("type") != "timeout":
+            continue
+        try:
+            m = TimeoutPolicy.model_validate(policy)
+        except ValidationError:
+            continue
+        given = m.model_fields_set
+        connect = float(m.connect) if "connect" in given else connect
+        read = float(m.read) if "read" in given else read
+    return connect, read
+
 POLICY_MODELS: tuple[type[PolicyModel], ...] = (
     ApiKeyPolicy, JwtPolicy, BasicAuthPolicy, RateLimitPolicy, QuotaPolicy, IpFilterPolicy, CorsPolicy,
     RequestHeadersPolicy, ResponseHeadersPolicy, CachePolicy, TimeoutPolicy, RetryPolicy, DeliveryPolicy,

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from tandem.ags.policies.base import Answer
 from tandem.ags.policies.chain import Chain
+from tandem.model.document import RESERVED_CONTEXT
 
 if TYPE_CHECKING:
     import asyncio
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from tandem.ags.exchange import Exchange
     from tandem.ags.policies.chain import Services
 
-CONTEXT = b"/_tandem"
+CONTEXT = RESERVED_CONTEXT.encode()
 _MESSAGE = re.compile(rb"/_tandem/messages/([0-9a-f]{16,40})")
 _JSON = [b"Content-Type: application/json\r\nCache-Control: no-store\r\n"]
 
@@ -76,7 +77,7 @@ class MessagesRoute:
     """The reserved route: what the router and the exchange read of a project."""
 
     __slots__ = ("name", "context", "hosts", "wild_hosts", "methods", "refusal", "chain", "stats", "log_name",
-                 "read_timeout", "rest")
+                 "read_timeout")
 
     def __init__(self, services: Services, stats: Any) -> None:
         self.name = "_tandem"

@@ -12,12 +12,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tandem.ags.delivery.states import DELIVERING, QUEUED
-
-if TYPE_CHECKING:
-    from tandem.ags.balancer import Target
 
 NS_MSG, NS_STATE, NS_META = "msg", "msgstate", "msgmeta"
 
@@ -31,7 +28,7 @@ def iso(t: float | None) -> str | None:
 class Msg:
     __slots__ = ("id", "project", "state", "attempts", "next_at", "since", "accepted_at", "method", "rest",
                  "query", "head", "body", "idem", "order", "last_status", "last_error", "done_at", "reason",
-                 "size", "waiters", "unconfirmed", "lane", "target")
+                 "size", "waiters", "unconfirmed", "lane")
 
     def __init__(self, mid: str, project: str, accepted_at: float) -> None:
         self.id, self.project, self.accepted_at = mid, project, accepted_at
@@ -47,7 +44,6 @@ class Msg:
         self.waiters: list[asyncio.Future[Any]] | None = None  # until durable: duplicates wait too
         self.unconfirmed = False  # stored here; not (yet) confirmed on the passive
         self.lane: tuple[str, str] | None = None
-        self.target: Target | None = None
 
     def __repr__(self) -> str:
         return f"<Msg {self.id} {self.project} {self.state} attempts={self.attempts}>"

@@ -503,7 +503,7 @@ class MessageQueue:
                 return at - now
             heapq.heappop(heap)
             spec = self.specs.get(m.project)
-            if spec is None or name_busy(self.backlog, m.project):
+            if spec is None or self.backlog.get(m.project):  # (due behind a backlog: accept order)
                 self.backlog.setdefault(m.project, deque()).append(m)  # waits for a slot or its project
                 continue
             if not self._start(m, spec, now):
@@ -524,7 +524,6 @@ class MessageQueue:
         d = self._decide(m, Event("dispatch"), spec.rules, now)
         if d is None:
             return True
-        m.target = target
         self.inflight[target] = self.inflight.get(target, 0) + 1
         task = self.loop.create_task(self._deliver(m, spec, target))
         self._deliveries.add(task)
@@ -714,8 +713,3 @@ class MessageQueue:
 
     def metrics_text(self) -> str:
         return render(self.stats())
-
-def name_busy(backlog: dict[str, deque[Msg]], project: str) -> bool:
-    """A project with a backlog takes new due messages behind it (accept order among the due)."""
-    b = backlog.get(project)
-    return b is not None and len(b) > 0

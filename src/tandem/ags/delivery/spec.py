@@ -9,7 +9,7 @@ from tandem.ags.balancer import Balancer, Target
 from tandem.ags.delivery.client import TargetClient
 from tandem.ags.delivery.decide import Rules
 from tandem.ags.health import Check
-from tandem.model.policies import DeliveryPolicy, TimeoutPolicy
+from tandem.model.policies import DeliveryPolicy, project_timeouts
 
 
 class Spec:
@@ -28,14 +28,8 @@ class Spec:
         self.max_messages, self.max_bytes = policy.max_messages, policy.max_bytes
         self.max_body_bytes, self.retention = policy.max_body_bytes, float(policy.retention)
         self.order_header = policy.order_by_header.lower() if policy.order_by_header else None
-        self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
-        for p in project.get("policies") or []:
-            if p.get("type") == "timeout":
-                t = TimeoutPolicy.model_validate(p)
-                if "connect" in t.model_fields_set:
-                    self.connect_timeout = float(t.connect)
-                if "read" in t.model_fields_set:
-                    self.read_timeout = float(t.read)
+        self.connect_timeout, self.read_timeout = project_timeouts(project.get("policies") or [], connect_timeout,
+                                                                   read_timeout)
         targets = [Target(t["url"], t.get("weight", 1)) for t in project["targets"]]
         self.health = Check(project["health_check"]) if project.get("health_check") else None
         self.digest = repr([(t.url, t.weight) for t in targets])

@@ -34,7 +34,6 @@ from tandem.ags.policies.chain import Context, Services, builder
 from tandem.model.policies import DeliveryPolicy
 
 if TYPE_CHECKING:
-    import asyncio
 
     from tandem.ags.exchange import Exchange
 
@@ -79,16 +78,15 @@ class QueueStep(Step):
             return
         parts = ex.hparts
         n = ex.nhead
-        skip = 3 if ex.clen is not None else 1 if ex.has_body and ex.clen is None else 0
-        head = b"".join([*parts[:n], *parts[n + skip:]])  # forwarded headers, X-Forwarded-*, the blank line
+        # after the forwarded header runs the protocol put its framing line (ClientProtocol.on_headers_complete:
+        # "Content-Length: ", n, CRLF, or one "Transfer-Encoding: chunked" line), then X-Forwarded-* and the blank line
+        skip = 3 if ex.clen is not None else 1 if ex.has_body else 0
+        head = b"".join([*parts[:n], *parts[n + skip:]])
         fut = queue.submit(self.project, ex.method, ex.rest, ex.query, head, body, idem, order)
         if fut.done():
             self._answer(ex, fut.result())
         else:
-            fut.add_done_callback(lambda f: self._answered(ex, f))
-
-    def _answered(self, ex: Exchange, fut: asyncio.Future[Accepted]) -> None:
-        self._answer(ex, fut.result())
+            fut.add_done_callback(lambda f: self._answer(ex, f.result()))
 
     @staticmethod
     def _answer(ex: Exchange, result: Accepted) -> None:
