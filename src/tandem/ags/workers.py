@@ -347,6 +347,8 @@ async def _worker(fd: int, settings: GatewaySettings, index: int) -> None:
                 kind, payload = await read_frame(reader)
             except (asyncio.IncompleteReadError, ConnectionError):
                 gw.stop_accepting()  # the parent is gone: serve nothing more
+                if gw.accesslog is not None:
+                    gw.accesslog.flush()  # what this worker logged is kept
                 os._exit(0)
             if kind == b"q":
                 quota.answered(payload)
@@ -404,7 +406,11 @@ async def _drain(gw: Any, timeout: float, reader: asyncio.StreamReader, quota: R
 def main(argv: list[str]) -> int:
     parent = int(os.environ.get("TANDEM_AGS_PARENT", "0"))
     _die_with_parent(parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
+    # Ctrl-C reaches the whole group, and so does a service manager's SIGTERM (systemd's default
+    # KillMode=control-group): the parent decides, it drains every worker (its `S` frame), and a
+    # drained worker has written its buffered access-log lines (tests/system/test_accesslog_stop.py)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     index = int(os.environ.get("TANDEM_AGS_WORKER", "0"))
     settings = GatewaySettings.from_json(os.environ["TANDEM_AGS_SETTINGS"])
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
