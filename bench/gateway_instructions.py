@@ -1,12 +1,13 @@
 """Instructions per proxied request, counted by callgrind (stable on a shared machine, unlike req/s).
 
-    .venv/bin/python bench/gateway_instructions.py [--src SRC] [--scenario one|keyauth|both]
+    .venv/bin/python bench/gateway_instructions.py [--src SRC] [--scenario one|log|keyauth|both]
 
 One request and one response go through the real protocol objects (`ClientProtocol`, `Exchange`,
 `UpstreamConnection`, a pooled keep-alive connection) on fake transports that drop what is written,
 N times in a row, under `valgrind --tool=callgrind`; the figure is the difference of the totals for
 4,000 and 2,000 requests divided by 2,000 (start-up and imports cancel out). `one`: no policies, access
-log off (bench/gateway.py's `one`); `keyauth`: api-key + node rate-limit (its `keyauth`). `--src`: the
+log off (bench/gateway.py's `one`); `log`: the same with the access log on (the default, written
+to a temporary file); `keyauth`: api-key + node rate-limit (its `keyauth`). `--src`: the
 `src` folder of another checkout (run with `PYTHONPATH=SRC`), for before/after figures.
 """
 
@@ -85,8 +86,9 @@ def run(n: int, scenario: str) -> None:
 
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
-    gw = Gateway(GatewaySettings(), loop)
     keyauth = scenario == "keyauth"
+    logdir = tempfile.mkdtemp(prefix="tandem-cg-log-") if scenario == "log" else ""
+    gw = Gateway(GatewaySettings(access_log=os.path.join(logdir, "access.log") if logdir else ""), loop)
     gw.apply(make_document([project(f"p{i}", f"/api{i}", "http://127.0.0.1:9/",
                                     policies=POLICIES if keyauth else []) for i in range(10)],
                            consumers=CONSUMERS if keyauth else None))
@@ -127,7 +129,7 @@ def count(src: Path, n: int, scenario: str) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--src", type=Path, default=ROOT / "src")
-    ap.add_argument("--scenario", default="both", choices=("one", "keyauth", "both"))
+    ap.add_argument("--scenario", default="both", choices=("one", "log", "keyauth", "both"))
     ap.add_argument("--low", type=int, default=2000, help="requests in the first run (default 2000)")
     ap.add_argument("--high", type=int, default=4000, help="requests in the second run (default 4000)")
     ap.add_argument("--inner", type=int, default=0, help=argparse.SUPPRESS)
@@ -135,7 +137,7 @@ def main() -> int:
     if args.inner:
         run(args.inner, args.scenario)
         return 0
-    for scenario in ("one", "keyauth") if args.scenario == "both" else (args.scenario,):
+    for scenario in ("one", "log", "keyauth") if args.scenario == "both" else (args.scenario,):
         low, high = count(args.src, args.low, scenario), count(args.src, args.high, scenario)
         print(f"{scenario}: {(high - low) / (args.high - args.low):,.0f} instructions per request ({args.src})",
               flush=True)

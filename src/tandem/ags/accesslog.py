@@ -1,9 +1,10 @@
 """The access log: one JSON object per line, buffered, appended with O_APPEND.
 
-A line costs about a microsecond: one bytes %-format. Only the path and the
-Host header can hold characters that need escaping (the request id is ours
-or checked, the method a token, names are pre-quoted by the caller), and a
-single regex search finds them. Lines are written in batches of whole
+A line costs about 1.4 us: one bytes %-format. Only the path and the Host
+header can hold characters that need escaping (the request id is ours or
+checked, the method a token, names are pre-quoted by the caller), and one
+`bytes.translate` over both finds them (a regex search per field cost 0.3 us
+each). Lines are written in batches of whole
 lines (at 64 KiB, and by the gateway's sweeper every 250 ms), so several
 worker processes appending to one file never interleave a line.
 
@@ -25,6 +26,7 @@ log = logging.getLogger("tandem.ags")
 FLUSH_BYTES = 64 * 1024
 NULL = b"null"
 _UNSAFE = re.compile(rb'[^\x20-\x7e]|["\\]')
+_SAFE = bytes(c for c in range(0x20, 0x7F) if c not in b'"\\')  # what needs no escaping in a JSON string
 _LINE = (b'{"ts":"%s.%03dZ","request_id":"%s","client":"%s","method":"%s","path":"%s","host":"%s",'
          b'"status":%d,"project":%s,"upstream":%s,"duration_ms":%.3f,"upstream_ms":%s}\n')
 
@@ -51,10 +53,11 @@ class AccessLog:
     def write(self, request_id: bytes, client: bytes, method: bytes, path: bytes, host: bytes, status: int,
               project: bytes, upstream: bytes, duration: float, upstream_time: float | None) -> None:
         """`project` and `upstream` are JSON values already (`quoted()` or NULL)."""
-        if _UNSAFE.search(path) is not None:
-            path = _escaped(path)
-        if _UNSAFE.search(host) is not None:
-            host = _escaped(host)
+        if (path + host).translate(None, _SAFE):  # (one C pass over both, ~4x cheaper than two searches)
+            if _UNSAFE.search(path) is not None:
+                path = _escaped(path)
+            if _UNSAFE.search(host) is not None:
+                host = _escaped(host)
         now = time.time()
         sec = int(now)
         if sec != self._sec:
