@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: up test lint typecheck pytest clean
+.PHONY: up test lint typecheck pytest clean native
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -12,7 +12,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-up: $(STAMP)
+# the gateway's hot path compiled with mypyc (docs/native.md): optional, so a failed build leaves
+# the pure-Python path, except on CI, where the suite checks the compiled one is in use
+native: $(STAMP)
+	$(BIN)/python -m tandem.native build || test "$$CI" != true
+
+up: native
 	$(BIN)/tandem demo
 
 lint: $(STAMP)
@@ -21,10 +26,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: native
 	$(BIN)/pytest -q -p no:cacheprovider tests
 
 test: lint typecheck pytest
 
 clean:
-	rm -rf $(VENV) tandem-home
+	rm -rf $(VENV) tandem-home src/tandem/_native

@@ -77,6 +77,11 @@ MESSAGES = {
 }
 
 
+class PoolBusy(TimeoutError):
+    """Every connection the pool may open is busy: not a failure of the target. (Here, not in
+    upstream.py: a class deriving from a built-in exception cannot be compiled, docs/native.md.)"""
+
+
 class Reject(Exception):
     """Raised from parser callbacks: answer `status`/`code` and close the connection."""
 

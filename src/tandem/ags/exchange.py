@@ -28,9 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 from tandem.ags.accesslog import NULL
 from tandem.ags.balancer import Balancer, Target
-from tandem.ags.error_responses import error_body, error_response, http_date
+from tandem.ags.error_responses import PoolBusy, error_body, error_response, http_date
 from tandem.ags.metrics import BUCKETS
-from tandem.ags.upstream import PoolBusy
 
 if TYPE_CHECKING:
     from tandem.ags.protocol import ClientProtocol
@@ -57,7 +56,11 @@ class Exchange:
     host: bytes = b""  # the client's Host header
     hparts: list[bytes]  # forwarded header lines after Host, ending with the blank line
     clen: bytes | None = None
-    chunked = has_body = req_complete = is_head = http10 = False
+    chunked: bool = False
+    has_body: bool = False
+    req_complete: bool = False
+    is_head: bool = False
+    http10: bool = False
     keep_alive = True
     conn: UpstreamConnection | None = None
     target: Target | None = None
@@ -66,10 +69,14 @@ class Exchange:
     body_bytes = 0
     uout_size = 0
     status = 0
-    resp_started = resp_chunked = resp_close = no_body = done = False
+    resp_started: bool = False
+    resp_chunked: bool = False
+    resp_close: bool = False
+    no_body: bool = False
+    done: bool = False
     t_up = 0.0
     read_timeout = 60.0
-    upstream_addr = NULL
+    upstream_addr: bytes = b"null"  # (accesslog.NULL: a compiled class takes only literal defaults)
     # policies (tandem.ags.policies): set only for projects with a chain
     req_headers: list[tuple[bytes, bytes]] | tuple[()] = ()  # the request's headers as received
     nhead = 0  # how many items of `hparts` are forwarded header runs (name, ": ", value, "\r\n")
@@ -84,8 +91,6 @@ class Exchange:
     queued: Any = None  # the project's delivery step (policies.delivery) while the body is collected
 
     def __init__(self, cp: ClientProtocol, method: bytes, rid: bytes, t0: float) -> None:
-        """(Has an inlined copy in ClientProtocol.on_headers_complete, made with object.__new__:
-        tests/unit/test_inlined_copies.py runs both.)"""
         self.cp, self.method, self.rid, self.t0 = cp, method, rid, t0
         self.uout: list[bytes] = []  # upstream-bound bytes waiting for a connection or a flush
 
@@ -363,9 +368,10 @@ class Exchange:
         hook = self.hook
         if hook is not None:  # a project with policies: its chain edits the head (and may retry or cache)
             if hook.hooks:
-                parts = hook.on_response(self, status, parts)
-                if parts is None:  # dropped: the retry policy sends the request again
+                edited = hook.on_response(self, status, parts)
+                if edited is None:  # dropped: the retry policy sends the request again
                     return False
+                parts = edited
                 plain = self.capture is None
             # inlined: Chain.on_response (tests/unit/test_inlined_copies.py)
             elif self.resp_extra is not None:  # (no retry, cache or response edit: only header lines to add)

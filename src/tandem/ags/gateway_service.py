@@ -47,6 +47,7 @@ from tandem.ags.quota_book import QuotaBook
 from tandem.ags.settings import GatewaySettings, settings_from_profile
 from tandem.ags.workers import WorkerSet
 from tandem.errors import ServerError
+from tandem.native import status as native_status
 from tandem.net.sockets import listen_socket
 from tandem.server.client_service import ClientService, ServiceHost
 from tandem.store import Op
@@ -124,8 +125,8 @@ class GatewayService(ClientService):
         self.feed = FeedPoller(s, sources, lambda: self.revision, self.ha_state, self.apply, self.queue_totals)
         self.feed_task = asyncio.get_running_loop().create_task(self.feed.run())
         mode = "in this process" if s.in_process else f"in {s.workers} worker processes"
-        log.info("gateway serving revision %d (%d projects) on %s:%d %s", self.revision, self.projects,
-                 s.host, s.port, mode)
+        log.info("gateway serving revision %d (%d projects) on %s:%d %s; hot path %s", self.revision,
+                 self.projects, s.host, s.port, mode, native_status()[1])
 
     async def stop(self, drain_timeout: float) -> None:
         self.serving = False

@@ -71,7 +71,6 @@ REFUSED_LINGER = 0.5  # a connection over MaxConnections: read and drop this lon
 _PATH_REFUSED = re.compile(rb"%(?:2[fF]|5[cC]|00)|[\\;]")
 _PATH_WHAT = {b"%2f": "an encoded '/' (%2F)", b"%5c": "an encoded '\\' (%5C)", b"%00": "an encoded NUL (%00)",
               b"\\": "a '\\'", b";": "a ';'"}
-_new_exchange = object.__new__
 
 
 class ClientProtocol(asyncio.Protocol):
@@ -245,9 +244,7 @@ class ClientProtocol(asyncio.Protocol):
         method = parser.get_method()
         if method == b"TRACE" and not self.limits.allow_trace:
             raise Reject(405, "method_not_allowed", "TRACE is not allowed on this gateway")
-        # inlined: Exchange.__init__ (tests/unit/test_inlined_copies.py)
-        ex = _new_exchange(Exchange)  # (no Python call)
-        ex.cp, ex.method, ex.rid, ex.t0, ex.uout = self, method, rid, perf_counter(), []
+        ex = Exchange(self, method, rid, perf_counter())
         ex.host = host
         self.parsing = ex
         # (partition(), not `in` or find(): `bytes in bytes` tries the operand as an int first and pays for

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
-from tandem.ags.error_responses import http_date
+from tandem.ags.error_responses import PoolBusy, http_date
 
 if TYPE_CHECKING:
     from tandem.ags.exchange import Exchange
@@ -44,10 +44,6 @@ _RESPONSE_KIND = {**_LOWER_KIND, **{n.title(): k for n, k in _LOWER_KIND.items()
                                        b"Last-Modified", b"Vary", b"Expires", b"Set-Cookie", b"Location",
                                        b"Accept-Ranges", b"Content-Encoding", b"X-Backend")}}
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"Keep-Alive", b"Close", b""})
-
-
-class PoolBusy(TimeoutError):
-    """Every connection the pool may open is busy: not a failure of the target."""
 
 
 class UpstreamConnection(asyncio.Protocol):
