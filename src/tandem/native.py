@@ -61,6 +61,8 @@ def _check() -> tuple[bool, str]:
     if manifest.get("suffix") != _suffix():
         return False, f"pure Python (built for {manifest.get('suffix')}, this interpreter loads {_suffix()})"
     hashes = manifest.get("modules", {})
+    if set(hashes) != set(MODULES):
+        return False, "pure Python (built for another set of modules: rebuild with make)"
     for module in MODULES:
         try:
             if hashes.get(module) != source_hash(module):

@@ -46,6 +46,9 @@ def test_the_switch_and_a_stale_build(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv("TANDEM_NATIVE", "1")
     used, why = native._check()
     assert not used and "tandem.ags.router changed since it was compiled" in why
+    (tmp_path / "manifest.json").write_text(json.dumps(
+        {"suffix": native._suffix(), "modules": {m: native.source_hash(m) for m in native.MODULES[1:]}}))
+    assert "built for another set of modules" in native._check()[1]
     (tmp_path / "manifest.json").write_text(json.dumps({"suffix": ".cpython-299-x.so", "modules": {}}))
     assert "built for .cpython-299-x.so" in native._check()[1]
     (tmp_path / "manifest.json").unlink()
