@@ -20,7 +20,9 @@ Scenarios (`--only`, comma-separated; all by default):
 
 * `default` - default configuration, no policies (three-way: nginx, HAProxy, Tandem);
 * `log` - access log off; `process` - in the server process (TANDEM_GATEWAY_INPROCESS=1);
-  `one` - both (the fastest set-up); `floor` - a minimal raw Python proxy (what Python costs at least);
+  `one` - both (the fastest set-up); `pure` - the hot path as Python (TANDEM_NATIVE=0, docs/native.md:
+  every other Tandem row runs the mypyc build `make` compiles); `floor` - a minimal raw Python proxy
+  (what Python costs at least);
 * `default-keyauth` - default configuration with api-key + node rate-limit on every project;
   `keyauth` - the same, access log off;
 * `n`, `keyauth-n` - N workers (N = cpu count) vs nginx with N workers, every process on every cpu;
@@ -315,7 +317,7 @@ class TandemDeployed:
 
     def __init__(self, work: Path, name: str, backend: int, workers: int, cpuset: str, path: str,
                  in_process: bool = False, access_log: bool = True, policies: list[dict[str, Any]] | None = None,
-                 consumers: int = 0, projects: int = 10) -> None:
+                 consumers: int = 0, projects: int = 10, pure: bool = False) -> None:
         import httpx
 
         self.home = work / name
@@ -361,6 +363,8 @@ class TandemDeployed:
                 if r.status_code != 201:
                     raise RuntimeError(f"POST /api/v1/projects: {r.status_code} {r.text[:500]}")
             genv = dict(os.environ, TANDEM_GATEWAY_INPROCESS="1" if in_process else "0", TANDEM_GATEWAY_TOKEN=TOKEN)
+            if pure:  # the Python sources, not the compiled hot path (docs/native.md)
+                genv["TANDEM_NATIVE"] = "0"
             self.proc = subprocess.Popen(["taskset", "-c", cpuset, *cli, "server", "-mode", "AGS", "-profile",
                                           "server1", "-nobackground"], stdout=self.logs[1], stderr=subprocess.STDOUT,
                                          env=genv)
@@ -770,6 +774,7 @@ ONE_WORKER: dict[str, tuple[str, dict[str, Any], bool]] = {
                 {"in_process": True}, False),
     "one": ("tuned: in the server process and access log off (otherwise default)",
             {"in_process": True, "access_log": False}, False),
+    "pure": ("default, but the hot path as Python: TANDEM_NATIVE=0 (no mypyc build)", {"pure": True}, False),
     "floor": ("floor: a minimal raw Python proxy, no routing/headers/metrics (cpu 1)", {}, False),
     "default-keyauth": (f"api-key + rate-limit (node), **default**: {DEFAULT} (cpu 1)", {"consumers": 10}, True),
     "keyauth": ("api-key + rate-limit (node), tuned: access log off (otherwise default)",
