@@ -3,7 +3,6 @@ delivery latencies, verdicts and the section it writes."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import sys
 from collections import Counter
@@ -12,17 +11,12 @@ from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "delivery.py"
+from tests.support.harness import load_bench
 
 
 @pytest.fixture(scope="module")
 def bd() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_delivery", BENCH)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_delivery"] = mod  # dataclasses look their module up by name
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("delivery")
 
 
 def test_percentile_is_nearest_rank(bd: ModuleType) -> None:
@@ -144,7 +138,7 @@ def test_section_states_met_and_missed_targets(bd: ModuleType) -> None:
 
 
 def test_section_replaces_only_its_own(bd: ModuleType, tmp_path: Path) -> None:
-    sys.path.insert(0, str(BENCH.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
     from failover import write_section
 
     doc = tmp_path / "benchmarks.md"

@@ -6,25 +6,18 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import math
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "gateway.py"
+from tests.support.harness import load_bench
 
 
 @pytest.fixture(scope="module")
 def bg() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_gateway", BENCH)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_gateway"] = mod  # dataclasses look their module up by name
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("gateway")
 
 
 def test_haproxy_config_is_one_thread_keep_alive_no_log(bg: ModuleType) -> None:
