@@ -20,14 +20,15 @@ import logging
 import os
 import re
 import time
+from typing import Final
 
 log = logging.getLogger("tandem.ags")
 
-FLUSH_BYTES = 64 * 1024
-NULL = b"null"
-_UNSAFE = re.compile(rb'[^\x20-\x7e]|["\\]')
-_SAFE = bytes(c for c in range(0x20, 0x7F) if c not in b'"\\')  # what needs no escaping in a JSON string
-_LINE = (b'{"ts":"%s.%03dZ","request_id":"%s","client":"%s","method":"%s","path":"%s","host":"%s",'
+FLUSH_BYTES: Final = 64 * 1024
+NULL: Final = b"null"
+_UNSAFE: Final = re.compile(rb'[^\x20-\x7e]|["\\]')
+_SAFE: Final = bytes(c for c in range(0x20, 0x7F) if c not in b'"\\')  # what needs no escaping in a JSON string
+_LINE: Final = (b'{"ts":"%s.%03dZ","request_id":"%s","client":"%s","method":"%s","path":"%s","host":"%s",'
          b'"status":%d,"project":%s,"upstream":%s,"duration_ms":%.3f,"upstream_ms":%s}\n')
 
 

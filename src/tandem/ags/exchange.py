@@ -24,7 +24,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from http import HTTPStatus
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from tandem.ags.accesslog import NULL
 from tandem.ags.balancer import Balancer, Target
@@ -43,8 +43,8 @@ class _Error:
         self.headers: list[bytes] = []
 
 
-STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
-CONNECTING_BUFFER = 256 * 1024
+STATUS_LINES: Final = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
+CONNECTING_BUFFER: Final = 256 * 1024
 
 
 class Exchange:

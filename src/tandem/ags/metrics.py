@@ -27,12 +27,12 @@ possible project name), as a `{reason: count}` dict.
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Any
+from typing import Any, Final
 
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-NO_ROUTE = "_no_route"
-REFUSED = "#refused"  # snapshot key of the client-side limit counters
-REFUSED_REASONS = ("header_timeout", "body_timeout", "send_timeout", "keepalive_timeout", "max_connections")
+NO_ROUTE: Final = "_no_route"
+REFUSED: Final = "#refused"  # snapshot key of the client-side limit counters
+REFUSED_REASONS: Final = ("header_timeout", "body_timeout", "send_timeout", "keepalive_timeout", "max_connections")
 _N = len(BUCKETS) + 1
 
 

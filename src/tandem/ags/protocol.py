@@ -30,7 +30,7 @@ import logging
 import re
 from collections import deque
 from time import perf_counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import httptools
 
@@ -44,18 +44,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tandem.ags")
 
-SKIP_REQUEST = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+SKIP_REQUEST: Final = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
                           b"transfer-encoding", b"upgrade", b"host", b"x-forwarded-for", b"x-forwarded-proto",
                           b"x-forwarded-host", b"x-request-id", b"expect", b"content-length",
                           b"proxy-authorization", b"x-consumer-name"})
 # also dropped from what a client sends (a backend could trust them for the client's address), though a
 # policy may set them: not in SKIP_REQUEST, which the AMS's list of protected headers mirrors
-DROP_REQUEST = SKIP_REQUEST | {b"x-real-ip", b"forwarded"}
-REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=@-]{1,128}")
+DROP_REQUEST: Final = SKIP_REQUEST | {b"x-real-ip", b"forwarded"}
+REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._:/+=@-]{1,128}")
 PAUSE_PIPELINE, PAUSE_UPSTREAM, PAUSE_CONNECTING = 1, 2, 4
 # request header names as clients spell them -> the lower-case name when SKIP_REQUEST has it, else None
 # (a dict hit avoids lower() for the common ones; other names are lowered)
-_REQUEST_NAMES: dict[bytes, bytes | None] = {
+_REQUEST_NAMES: Final[dict[bytes, bytes | None]] = {
     **{n: n for n in DROP_REQUEST}, **{n.title(): n for n in DROP_REQUEST},
     b"X-Request-ID": b"x-request-id", b"TE": b"te", b"X-Real-IP": b"x-real-ip",
     **{n: None for n in (b"User-Agent", b"Accept", b"Accept-Encoding", b"Accept-Language", b"Content-Type",
@@ -63,13 +63,13 @@ _REQUEST_NAMES: dict[bytes, bytes | None] = {
                          b"If-None-Match", b"If-Modified-Since", b"user-agent", b"accept", b"accept-encoding",
                          b"accept-language", b"content-type", b"authorization", b"cookie", b"origin",
                          b"referer", b"cache-control")}}
-_FORWARDED = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: %s\r\nX-Request-Id: %s\r\n\r\n"
-_FORWARDED_NO_HOST = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\nX-Request-Id: %s\r\n\r\n"
-DISCARD_LIMIT = 1024 * 1024
-LINGER = 2.0
-REFUSED_LINGER = 0.5  # a connection over MaxConnections: read and drop this long after its 503
-_PATH_REFUSED = re.compile(rb"%(?:2[fF]|5[cC]|00)|[\\;]")
-_PATH_WHAT = {b"%2f": "an encoded '/' (%2F)", b"%5c": "an encoded '\\' (%5C)", b"%00": "an encoded NUL (%00)",
+_FORWARDED: Final = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: %s\r\nX-Request-Id: %s\r\n\r\n"
+_FORWARDED_NO_HOST: Final = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\nX-Request-Id: %s\r\n\r\n"
+DISCARD_LIMIT: Final = 1024 * 1024
+LINGER: Final = 2.0
+REFUSED_LINGER: Final = 0.5  # a connection over MaxConnections: read and drop this long after its 503
+_PATH_REFUSED: Final = re.compile(rb"%(?:2[fF]|5[cC]|00)|[\\;]")
+_PATH_WHAT: Final = {b"%2f": "an encoded '/' (%2F)", b"%5c": "an encoded '\\' (%5C)", b"%00": "an encoded NUL (%00)",
               b"\\": "a '\\'", b";": "a ';'"}
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import httptools
 
@@ -28,22 +28,22 @@ from tandem.ags.error_responses import PoolBusy, http_date
 if TYPE_CHECKING:
     from tandem.ags.exchange import Exchange
 
-INF = float("inf")
+INF: Final = float("inf")
 
 # response headers: kept as they are, or LENGTH (kept, and the body is relayed as it is), DATE (kept, and
 # noted: a response without one gets the gateway's, RFC 9110 6.6.1), HOP (dropped), CONNECTION (dropped, and
 # the headers it names too)
-HOP_RESPONSE = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
+HOP_RESPONSE: Final = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
                           b"trailer", b"upgrade", b"x-request-id"})
 KEEP, LENGTH, HOP, CONNECTION, DATE = 0, 1, 2, 3, 4
-_LOWER_KIND = {**{n: HOP for n in HOP_RESPONSE}, b"connection": CONNECTION, b"content-length": LENGTH,
+_LOWER_KIND: Final = {**{n: HOP for n in HOP_RESPONSE}, b"connection": CONNECTION, b"content-length": LENGTH,
                b"date": DATE}
 # response header names as backends spell them (a dict hit avoids lower() for the common ones)
-_RESPONSE_KIND = {**_LOWER_KIND, **{n.title(): k for n, k in _LOWER_KIND.items()},
+_RESPONSE_KIND: Final = {**_LOWER_KIND, **{n.title(): k for n, k in _LOWER_KIND.items()},
                   **{n: KEEP for n in (b"Server", b"Content-Type", b"Cache-Control", b"ETag",
                                        b"Last-Modified", b"Vary", b"Expires", b"Set-Cookie", b"Location",
                                        b"Accept-Ranges", b"Content-Encoding", b"X-Backend")}}
-_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"Keep-Alive", b"Close", b""})
+_PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close", b"Keep-Alive", b"Close", b""})
 
 
 class UpstreamConnection(asyncio.Protocol):
