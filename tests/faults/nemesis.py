@@ -21,7 +21,8 @@ The pair is an AMS pair or an AGS pair (`Pair(component=...)`); everything about
 faults, sampling, recovery and the HA checks is the same for both. What differs
 is the pair's `Load`: its workload and the store part of the checker.
 `AmsLoad`: clients create unique consumers; every acknowledged one on both
-halves, nothing no client attempted. `AgsLoad`: a standalone `server1/AMS` and
+halves, nothing no client attempted, and on each half the workload's consumers
+are exactly those its `accepted` audit entries name (one transaction each). `AgsLoad`: a standalone `server1/AMS` and
 an echo backend run in the root namespace on every address (the AGS halves
 poll the AMS at the root side of their own public link; both reach the backend
 at 10.80.k.1, ns B through a host route over its own link), a consumer with an
@@ -72,6 +73,7 @@ from tandem.ags.gateway_service import NS as NS_GATEWAY
 from tandem.ags.quota_book import NS as NS_QUOTA
 from tandem.ags.quota_book import period_window
 from tandem.ams.app_state import NS_CONSUMERS
+from tandem.ams.audit import NS_AUDIT
 from tandem.config import configure_ha, init_home, load_profile, set_profile_values
 from tandem.server.pidlock import running_pid
 from tandem.store import SQLITE_FILENAME
@@ -883,6 +885,17 @@ class AmsLoad(Load):
         every = set().union(*mains, *diverged.values())
         report.phantoms = sorted(every - attempted)
         report.failed_present = sorted(failed & set().union(*mains))
+        # the audit trail: a consumer and its `accepted` entry are one transaction, so on each half
+        # the consumers the workload made are exactly those its accepted entries name
+        for h, d in enumerate(self.pair.store_dirs()):
+            audited = read_audited(d)
+            if audited is None:
+                continue
+            mine = mains[h] & attempted
+            report.audit_entries += len(audited)
+            report.audit_mismatch += [f"{n}@half{h}: stored without its audit entry" for n in sorted(mine - audited)]
+            report.audit_mismatch += [f"{n}@half{h}: audited as accepted but not stored"
+                                      for n in sorted((audited & attempted) - mains[h])]
 
 
 # ---- AGS ----
@@ -1456,6 +1469,16 @@ def read_names(folder: Path) -> set[str] | None:
     return None if kv is None else set(kv)
 
 
+def read_audited(folder: Path) -> set[str] | None:
+    """Consumers that `accepted` consumer.create audit entries in the AMS store in `folder` name."""
+    kv = read_kv(folder, NS_AUDIT)
+    if kv is None:
+        return None
+    prefix = f"{NS_CONSUMERS}:"
+    return {c[len(prefix):] for e in kv.values() if e.get("action") == "consumer.create"
+            and e.get("status") == "accepted" for c in e.get("changes", []) if c.startswith(prefix)}
+
+
 def pct(xs: list[float], q: float) -> float:
     s = sorted(xs)
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))] if s else float("nan")
@@ -1498,6 +1521,9 @@ class Report:
     queue_stuck: list[str] = field(default_factory=list)
     queue_lost_where: dict[str, str] = field(default_factory=dict)
     queue_phantoms: list[str] = field(default_factory=list)
+    # AMS audit trail: entries read, and consumers whose store row and accepted entry disagree
+    audit_entries: int = 0
+    audit_mismatch: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -1548,6 +1574,8 @@ class Report:
                        f"between the halves): {self.divergent_halves[:10]}")
         if self.phantoms:
             out.append(f"{len(self.phantoms)} phantoms: {self.phantoms[:10]}")
+        if self.audit_mismatch:
+            out.append(f"{len(self.audit_mismatch)} writes and audit entries that disagree: {self.audit_mismatch[:10]}")
         if self.failed_present:
             out.append(f"{len(self.failed_present)} writes answered as failed but stored: {self.failed_present[:10]}")
         if self.split_brain:
@@ -1569,6 +1597,8 @@ class Report:
                 f"not_recovered={len(self.not_recovered)} serving={self.serving_share * 100:.1f}% "
                 f"goal_misses={sum(1 for f in self.faults if goal_missed(f))} "
                 f"log_tracebacks={len(self.tracebacks)}"
+                + (f" audit_entries={self.audit_entries} audit_mismatch={len(self.audit_mismatch)}"
+                   if self.component == "AMS" else "")
                 + "".join(f"\n  quota {q}" for q in self.quota)
                 + (f"\n  {self.queue_line()}" if self.queue else "")
                 + "".join(f"\n  note: {n}" for n in self.notes))

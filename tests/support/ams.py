@@ -26,6 +26,16 @@ from tests.support.harness import free_port
 from tests.support.host import HostStandIn
 
 
+def bookkeeping(op: Any) -> bool:
+    """An audit entry, or a token's last-use stamp."""
+    from tandem.ams.audit import NS_AUDIT
+
+    if op.ns == NS_AUDIT:
+        return True
+    return op.ns in ("ams.settings", "ams.user-tokens") and isinstance(op.value, dict) \
+        and op.value.get("last_used_at") is not None
+
+
 class InProcessAms:
     def __init__(self, folder: Path, name: str = "test") -> None:
         self.server = HostStandIn.for_ams(folder, name)
@@ -38,6 +48,14 @@ class InProcessAms:
     def store(self) -> Store:
         assert self.server.store is not None
         return self.server.store
+
+    def config_changes(self, since_lsn: int) -> list[Any]:
+        """The changes after `since_lsn` that touched configuration: not the audit trail's entries,
+        not a token's last-use stamp (both are written by reads and refusals too)."""
+        return [c for c in self.store.changes_since(since_lsn, limit=100_000) if not all(map(bookkeeping, c.ops))]
+
+    def unchanged_since(self, since_lsn: int) -> bool:
+        return not self.config_changes(since_lsn)
 
     @property
     def token_file(self) -> Path:

@@ -68,12 +68,14 @@ class ErrorBody(BaseModel):
     message: str
     field: str | None = None
     detail: list[ErrorItem] | None = None
+    role: str | None = None  # a 403 `forbidden`: the role the request needs
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "malformed request body"},
     401: {"model": ErrorBody, "description": "missing or wrong bearer token"},
-    403: {"model": ErrorBody, "description": "a gateway token outside the config feed"},
+    403: {"model": ErrorBody, "description": "beyond the caller's role (`role` names the one needed), or a "
+                                             "gateway token outside the config feed"},
     413: {"model": ErrorBody, "description": "body larger than the admin port's limit (AdminMaxBodyBytes)"},
     503: {"model": ErrorBody, "description": "this server is not serving (its store is closed)"},
 }

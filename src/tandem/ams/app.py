@@ -12,14 +12,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from fastapi import Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.security import HTTPBearer
 
 from tandem.ams import api_errors as errors
+from tandem.ams.access import Need, check_routes, needs
 from tandem.ams.app_state import AmsState
 from tandem.ams.auth import AuthMiddleware, ensure_admin_token
 from tandem.ams.limits import AdminLimits, AdminStats, BodyLimits
-from tandem.ams.routes import config, consumers, gateway, projects
+from tandem.ams.routes import config, consumers, gateway, projects, users
 from tandem.ams.services import Services
 from tandem.ams.worker import ensure_worker
 
@@ -29,8 +30,11 @@ if TYPE_CHECKING:
 DESCRIPTION = """Admin API of a Tandem API Management Server.
 
 Every `/api/v1` endpoint but `/api/v1/health` needs `Authorization: Bearer <token>`:
-the admin token (created at the first start, in `<store>/admin.token`) or, for
-`/api/v1/gateway/config` only, a gateway token. Errors are JSON
+a user's token (the first admin token is created at the first start, in
+`<store>/admin.token`) or, for `/api/v1/gateway/config` only, a gateway token.
+Each operation names the least role it needs (`x-tandem-role`: viewer, operator,
+admin); beyond it a request gets 403 `forbidden` naming the role. Every write,
+accepted or refused, leaves an entry in `/api/v1/audit`. Errors are JSON
 `{"code", "message", "field"?, "detail"?}`; invalid input is a 422 naming the field,
 malformed JSON a 400."""
 
@@ -38,27 +42,35 @@ bearer = HTTPBearer(auto_error=False, description="the admin token, or a gateway
 
 
 def create_app(server: ServiceHost) -> FastAPI:
-    svc = Services(AmsState(server))
+    limits = AdminLimits.from_profile(server.profile)
+    svc = Services(AmsState(server), limits.audit_retention_days)
     # the middleware authenticates; this dependency only documents the scheme in /openapi.json
     secured = [Depends(bearer)]
     app = FastAPI(title="Tandem AMS admin API", version="1", description=DESCRIPTION,
                   responses=errors.ERROR_RESPONSES)
     app.state.services = svc
     errors.install(app)
-    for router in (projects.router, consumers.router, gateway.router, config.router):
-        app.include_router(router, dependencies=secured)
+    public = APIRouter(tags=["health"])
 
-    @app.get("/api/v1/health", tags=["health"])
+    @public.get("/api/v1/health", openapi_extra=needs(Need.PUBLIC))
     def health() -> dict[str, Any]:
         """Unauthenticated: is this AMS serving (load balancers prefer the HA port's /ha/active)."""
         return {"status": "ok", "server": server.profile.server.Name}
 
-    limits = AdminLimits.from_profile(server.profile)
+    app.include_router(public)
+    routers = (projects.router, consumers.router, gateway.router, config.router, users.router)
+    for router in routers:
+        app.include_router(router, dependencies=secured)
+    # the routes as their routers declare them (the app's own list nests included routers)
+    declared = [route for router in (public, *routers) for route in router.routes]
+
+    check_routes(declared)  # every route declares its role: nothing is open by omission
     app.state.admin_limits, app.state.admin_stats = limits, AdminStats()
     # the last added runs first: a declared length past the limit is refused before anything else;
     # the body is read (counted, depth-checked) only once the request is authenticated
     app.add_middleware(BodyLimits, limits=limits, stats=app.state.admin_stats)
-    app.add_middleware(AuthMiddleware, state=svc.state, on_request=lambda: ensure_worker(svc))
+    app.add_middleware(AuthMiddleware, state=svc.state, on_request=lambda: ensure_worker(svc),
+                       routes=declared)
     app.add_middleware(BodyLimits, limits=limits, stats=app.state.admin_stats, declared_only=True)
     return app
 

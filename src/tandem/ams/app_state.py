@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from tandem.ams import audit
 from tandem.ams.api_errors import ApiError
 from tandem.ams.notify import Hub
 from tandem.errors import StoreError
@@ -35,6 +36,8 @@ NS_DEPLOYMENTS = "ams.deployments"    # id -> job
 NS_OPEN_JOBS = "ams.open-jobs"        # id -> {} while a job is pending or in progress
 NS_GATEWAYS = "ams.gateways"          # "env/name" -> registry entry
 NS_GATEWAY_TOKENS = "ams.gateway-tokens"  # sha256 -> {"id", "name", "created_at"}
+NS_USERS = "ams.users"                # name -> {"name", "role", "description", "created_at"}
+NS_USER_TOKENS = "ams.user-tokens"    # sha256 -> {"id", "user", "name", "created_at", "expires_at", "last_used_at"}
 
 
 def now_iso(ts: float | None = None) -> str:
@@ -69,15 +72,31 @@ class AmsState:
         return self.server.store is not None and self.server.serving
 
     def commit(self, ops: Sequence[Op], *channels: str) -> Change:
-        """Commit (caller holds `lock`), then wake whoever waits on `channels`."""
+        """Commit (caller holds `lock`), then wake whoever waits on `channels`.
+
+        Inside an admin-API write (an open `audit.AuditContext`) the request's audit entry
+        joins its first commit: one transaction, so it replicates, or rolls back, with it."""
+        ctx = audit.current()
+        if ctx is not None and not ctx.written:
+            ops = [*ops, ctx.entry(now_iso(), "accepted", list(ops))]
         try:
             change = self.store().commit(ops)
         except StoreError as exc:
             log.error("store commit failed: %s", exc)
             raise ApiError(503, "store_error", f"the store refused the write: {exc}") from exc
+        if ctx is not None:
+            ctx.written = True
         if channels:
             self.hub.notify(*channels)
         return change
+
+    def record(self, ctx: audit.AuditContext, status: str, **extra: object) -> None:
+        """Commit `ctx`'s entry on its own (a write that committed nothing); once per request."""
+        with self.lock:
+            if ctx.written:
+                return
+            self.store().commit([ctx.entry(now_iso(), status, None, **extra)])
+            ctx.written = True
 
     # gateways held in a long poll right now count as live (they are being seen)
     def poll_started(self, env: str, name: str) -> None:

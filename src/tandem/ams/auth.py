@@ -10,25 +10,29 @@ token, never a token nobody knows.
 
 Authentication runs as ASGI middleware, before the request body is parsed,
 so an unauthenticated request learns nothing (not even that its JSON is
-malformed). Gateway tokens open only the config feed.
+malformed). Users and their roles: `tandem.ams.services.users`; which route
+needs which role: `tandem.ams.access`. Gateway tokens open only the config feed.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import logging
 import os
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from starlette.routing import BaseRoute
 
+from tandem.ams import audit
+from tandem.ams.access import WRITE_METHODS, Need, Principal, match_route, needed_role, refusal, route_access
 from tandem.ams.api_errors import ApiError
 from tandem.ams.app_state import NS_GATEWAY_TOKENS, NS_SETTINGS, AmsState, now_iso
+from tandem.ams.services.users import ADMIN_TOKEN_KEY, UserService, sha256_hex
 from tandem.config.tokenfile import admin_token_path
 from tandem.config.write import write_bytes_atomic
 from tandem.errors import StoreError
@@ -39,17 +43,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tandem.ams.auth")
 
-ADMIN_TOKEN_KEY = "admin_token"
 ENV_ADMIN_TOKEN = "TANDEM_ADMIN_TOKEN"
-FEED_PATH = "/api/v1/gateway/config"
-PUBLIC_PATHS = frozenset({"/api/v1/health"})
 
 ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
                    Awaitable[None]]
-
-
-def sha256_hex(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
 def server_token_path(server: ServiceHost) -> Path:
@@ -88,32 +85,47 @@ def ensure_admin_token(state: AmsState) -> None:
         state.bootstrapped = id(store)
 
 
-def authenticate(state: AmsState, token: str) -> str | None:
-    """'admin', 'gateway:<name>' or None."""
+def authenticate(state: AmsState, token: str) -> Principal | None:
+    """The user or gateway `token` belongs to; None for an unknown token; 401 ApiError when expired."""
     ensure_admin_token(state)
     store = state.store()
     digest = sha256_hex(token)
-    record = store.get(NS_SETTINGS, ADMIN_TOKEN_KEY)
-    if record is not None and hmac.compare_digest(str(record.get("sha256", "")), digest):
-        return "admin"
+    user = UserService(state).principal(digest)
+    if user is not None:
+        return user
     gateway = store.get(NS_GATEWAY_TOKENS, digest)
     if gateway is not None:
-        return f"gateway:{gateway.get('name', '')!s}"
+        return Principal(f"gateway:{gateway.get('name', '')!s}", str(gateway.get("id", "")), None)
+    return None
+
+
+def _header(scope: dict[str, Any], wanted: bytes) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == wanted:
+            return bytes(value).decode("latin-1")
     return None
 
 
 def bearer_token(scope: dict[str, Any]) -> str | None:
-    for name, value in scope.get("headers", []):
-        if name == b"authorization":
-            scheme, _, token = bytes(value).decode("latin-1").partition(" ")
-            token = token.strip()
-            return token if scheme.lower() == "bearer" and token else None
-    return None
+    value = _header(scope, b"authorization")
+    if value is None:
+        return None
+    scheme, _, token = value.partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
 
 
 class AuthMiddleware:
-    def __init__(self, app: ASGIApp, state: AmsState, on_request: Callable[[], None]) -> None:
-        self.app, self.state, self.on_request = app, state, on_request
+    """Authentication, the role check of every route, the request id and the audit context.
+
+    Runs before the request body is read: an unauthenticated request learns nothing (not even that
+    its JSON is malformed) and a request beyond its role is refused (403 `forbidden` naming the role)
+    before any handler runs. A write it lets through runs inside an `audit.AuditContext`; a write it
+    refuses for its role gets its audit entry here. Every /api response carries `X-Request-Id`."""
+
+    def __init__(self, app: ASGIApp, state: AmsState, on_request: Callable[[], None],
+                 routes: Sequence[BaseRoute]) -> None:
+        self.app, self.state, self.on_request, self.routes = app, state, on_request, routes
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[Any]],
                        send: Callable[[Any], Awaitable[None]]) -> None:
@@ -122,12 +134,17 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         self.on_request()
+        request_id = audit.new_request_id(_header(scope, b"x-request-id"))
+        send = _with_request_id(send, request_id)
+        route = match_route(self.routes, scope)
+        access = route_access(route) if route is not None else None
+        need = access.need if access is not None else Need.VIEWER
         token = bearer_token(scope)
-        principal: str | None = None
+        principal: Principal | None = None
         try:
             if self.state.bootstrapped != id(self.state.server.store):
                 await anyio.to_thread.run_sync(ensure_admin_token, self.state)
-            if path in PUBLIC_PATHS:
+            if need is Need.PUBLIC:
                 pass
             elif token is None:
                 raise ApiError(401, "unauthorized", "missing bearer token (Authorization: Bearer <token>)",
@@ -136,8 +153,6 @@ class AuthMiddleware:
                 principal = await anyio.to_thread.run_sync(authenticate, self.state, token)
                 if principal is None:
                     raise ApiError(401, "unauthorized", "invalid token", headers={"WWW-Authenticate": "Bearer"})
-                if principal != "admin" and path != FEED_PATH:
-                    raise ApiError(403, "forbidden", "a gateway token opens only the config feed")
         except ApiError as exc:
             await _send_json(send, exc.status, exc.body(), exc.headers)
             return
@@ -145,7 +160,82 @@ class AuthMiddleware:
             await _send_json(send, 503, {"code": "store_error", "message": f"the store failed: {exc}"}, {})
             return
         scope.setdefault("state", {})["principal"] = principal
-        await self.app(scope, receive, send)
+        ctx = None
+        if principal is not None and access is not None and access.action is not None \
+                and scope.get("method") in WRITE_METHODS:
+            ctx = audit.AuditContext(principal.actor, principal.token_id, access.action,
+                                     audit.redact(path), request_id)
+        why = refusal(principal, need) if principal is not None else None
+        if why is not None:
+            role = needed_role(need)
+            if ctx is not None:
+                await self._record(ctx, "refused", http_status=403, error="forbidden", needs=role)
+            await _send_json(send, 403, {"code": "forbidden", "message": why, "role": role}, {})
+            return
+        if ctx is None:
+            await self.app(scope, receive, send)
+            return
+        marker = audit.begin(ctx)
+        try:
+            await self.app(scope, receive, self._auditing(ctx, send))
+        finally:
+            audit.end(marker)
+
+    def _auditing(self, ctx: audit.AuditContext, send: Callable[[Any], Awaitable[None]]) -> Callable[
+            [Any], Awaitable[None]]:
+        """`send`, recording `ctx`'s entry before the response starts if the handler committed nothing."""
+        held: list[Any] = []
+
+        async def auditing_send(message: Any) -> None:
+            if ctx.written:
+                for m in held:
+                    await send(m)
+                held.clear()
+                await send(message)
+                return
+            if message["type"] == "http.response.start":
+                if message["status"] < 400:
+                    await self._record(ctx, "accepted")
+                    await send(message)
+                else:
+                    held.append(message)  # wait for the body: it names the error code
+                return
+            if message["type"] == "http.response.body" and held:
+                status = held[0]["status"]
+                await self._record(ctx, "refused", http_status=status, error=_error_code(message))
+                for m in held:
+                    await send(m)
+                held.clear()
+            await send(message)
+
+        return auditing_send
+
+    async def _record(self, ctx: audit.AuditContext, status: str, **extra: object) -> None:
+        try:
+            await anyio.to_thread.run_sync(lambda: self.state.record(ctx, status, **extra))
+        except (ApiError, StoreError) as exc:  # the answer still goes out; the store is failing anyway
+            log.error("audit entry for %s %s (request %s) not written: %s", ctx.action, ctx.target,
+                      ctx.request_id, exc)
+
+
+def _error_code(message: Any) -> str | None:
+    try:
+        body = json.loads(bytes(message.get("body", b"")))
+    except ValueError:
+        return None
+    code = body.get("code") if isinstance(body, dict) else None
+    return str(code)[:64] if isinstance(code, str) else None
+
+
+def _with_request_id(send: Callable[[Any], Awaitable[None]], request_id: str) -> Callable[[Any], Awaitable[None]]:
+    raw = (b"x-request-id", request_id.encode("ascii"))
+
+    async def send_with_id(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), raw]}
+        await send(message)
+
+    return send_with_id
 
 
 async def _send_json(send: Callable[[Any], Awaitable[None]], status: int, body: dict[str, Any],

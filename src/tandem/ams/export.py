@@ -1,8 +1,10 @@
 """Declarative export and import of the whole AMS configuration.
 
 The document holds projects, consumers (with key hashes and hashed
-passwords), gateway tokens (hashes) and each environment's revision and
-deployed snapshots; it leaves out what is not configuration: the admin token,
+passwords), gateway tokens (hashes), users and their tokens (hashes), and each
+environment's revision and deployed snapshots; with `?audit=true` also the
+audit trail (never read back by an import: history is not configuration). It
+leaves out what is not configuration: the admin token, tokens' last use,
 the gateway registry, deployment history and the redrive counters (an import
 keeps an environment's counters for the projects that stay deployed there). Every list is sorted, so
 export -> import into a fresh AMS -> export gives the same document.
@@ -44,12 +46,25 @@ from tandem.ams.app_state import (
     NS_GATEWAY_TOKENS,
     NS_OPEN_JOBS,
     NS_PROJECTS,
+    NS_USER_TOKENS,
+    NS_USERS,
     AmsState,
     now_iso,
 )
-from tandem.ams.models import Ident, JwtCredential, Name, Project, Strict, routes_conflict
+from tandem.ams.audit import NS_AUDIT
+from tandem.ams.models import (
+    AuditEntry,
+    Ident,
+    JwtCredential,
+    Name,
+    Project,
+    Strict,
+    UserRole,
+    routes_conflict,
+)
 from tandem.ams.services.environments import channel, get_env, list_envs, redrive_counters
 from tandem.ams.services.registry import JOBS_CHANNEL
+from tandem.ams.services.users import BUILTIN
 from tandem.store import Op
 
 FORMAT = "tandem-ams"
@@ -93,6 +108,22 @@ class EnvironmentRecord(Strict):
     projects: list[Project] = Field(default_factory=list)
 
 
+class UserRecord(Strict):
+    name: Name
+    role: UserRole
+    description: str = Field(default="", max_length=4096)
+    created_at: str
+
+
+class UserTokenRecord(Strict):
+    sha256: str = Field(pattern=HEX64)
+    id: Name
+    user: Name
+    name: Name
+    created_at: str
+    expires_at: str | None = None
+
+
 class ExportDocument(Strict):
     format: Literal["tandem-ams"] = Field(description="required: always 'tandem-ams'")
     version: Literal[1] = Field(description="required: the document format's version, 1")
@@ -100,12 +131,18 @@ class ExportDocument(Strict):
     consumers: list[ConsumerRecord] = Field(default_factory=list)
     gateway_tokens: list[GatewayTokenRecord] = Field(default_factory=list)
     environments: list[EnvironmentRecord] = Field(default_factory=list)
+    users: list[UserRecord] | None = Field(default=None, description="users (not the built-in admin); "
+                                                                      "left out: an import keeps the users")
+    user_tokens: list[UserTokenRecord] | None = Field(default=None, description="users' tokens (hashes); "
+                                                                                "left out: an import keeps them")
+    audit: list[AuditEntry] | None = Field(default=None, description="the audit trail, oldest first, with "
+                                                                     "`?audit=true`; an import never changes it")
 
 
-def export_document(state: AmsState) -> dict[str, Any]:
+def export_document(state: AmsState, with_audit: bool = False) -> dict[str, Any]:
     with state.lock:  # one consistent view: writers hold the lock
         store = state.store()
-        return {
+        doc = {
             "format": FORMAT,
             "version": 1,
             "projects": [v for _, v in store.scan(NS_PROJECTS)],
@@ -115,7 +152,15 @@ def export_document(state: AmsState) -> dict[str, Any]:
             "environments": [{"name": e["name"], "revision": e["revision"],
                               "projects": [e["projects"][n] for n in sorted(e["projects"])]}
                              for e in list_envs(store)],
+            "users": [{k: v.get(k, "") for k in ("name", "role", "description", "created_at")}
+                      for _, v in store.scan(NS_USERS)],
+            "user_tokens": sorted(({"sha256": k, **{f: v.get(f) for f in ("id", "user", "name", "created_at",
+                                                                           "expires_at")}}
+                                   for k, v in store.scan(NS_USER_TOKENS)), key=lambda t: t["sha256"]),
         }
+        if with_audit:
+            doc["audit"] = [v for _, v in store.scan(NS_AUDIT)]
+        return doc
 
 
 def _unique(items: list[Any], attr: str, where: str) -> None:
@@ -142,6 +187,19 @@ def check_document(doc: ExportDocument) -> None:
     _unique(doc.consumers, "name", "consumers")
     _unique(doc.gateway_tokens, "sha256", "gateway_tokens")
     _unique(doc.environments, "name", "environments")
+    users = {BUILTIN}
+    for i, u in enumerate(doc.users or []):
+        if u.name == BUILTIN:
+            raise invalid(f"users[{i}].name", f"{BUILTIN!r} is the built-in user: it is not in a document")
+        users.add(u.name)
+    _unique(doc.users or [], "name", "users")
+    _unique(doc.user_tokens or [], "sha256", "user_tokens")
+    _unique(doc.user_tokens or [], "id", "user_tokens")
+    if doc.user_tokens is not None:
+        known = users if doc.users is not None else None
+        for i, t in enumerate(doc.user_tokens):
+            if known is not None and t.user not in known:
+                raise invalid(f"user_tokens[{i}].user", f"{t.user!r} is not one of the document's users")
     names = {p.name for p in doc.projects}
     for i, env in enumerate(doc.environments):
         _unique(env.projects, "name", f"environments[{i}].projects")
@@ -187,6 +245,11 @@ def check_removals(store: Any, doc: ExportDocument, prune: bool) -> None:
     gone += [f"consumer {k}" for k, _ in store.scan(NS_CONSUMERS) if k not in {c.name for c in doc.consumers}]
     gone += [f"gateway token {v.get('id', '?')} ({v.get('name', '')})" for k, v in store.scan(NS_GATEWAY_TOKENS)
              if k not in {t.sha256 for t in doc.gateway_tokens}]
+    if doc.users is not None:
+        gone += [f"user {k}" for k, _ in store.scan(NS_USERS) if k not in {u.name for u in doc.users}]
+    if doc.user_tokens is not None:
+        gone += [f"token {v.get('id', '?')} of user {v.get('user', '?')}" for k, v in store.scan(NS_USER_TOKENS)
+                 if k not in {t.sha256 for t in doc.user_tokens}]
     if gone:
         raise _conflict("would_delete", "body", gone,
                         f"the document would delete {', '.join(gone)}; repeat with ?prune=true to delete "
@@ -203,10 +266,17 @@ def import_document(state: AmsState, doc: ExportDocument, prune: bool = False) -
         store = state.store()
         check_removals(store, doc, prune)
         ops: list[Op] = []
-        for ns, wanted in ((NS_PROJECTS, {p.name: p.model_dump(mode="json") for p in doc.projects}),
-                           (NS_CONSUMERS, {c.name: c.model_dump(mode="json") for c in doc.consumers}),
-                           (NS_GATEWAY_TOKENS, {t.sha256: t.model_dump(mode="json", exclude={"sha256"})
-                                                for t in doc.gateway_tokens})):
+        parts: list[tuple[str, dict[str, Any]]] = [
+            (NS_PROJECTS, {p.name: p.model_dump(mode="json") for p in doc.projects}),
+            (NS_CONSUMERS, {c.name: c.model_dump(mode="json") for c in doc.consumers}),
+            (NS_GATEWAY_TOKENS, {t.sha256: t.model_dump(mode="json", exclude={"sha256"}) for t in doc.gateway_tokens})]
+        if doc.users is not None:
+            parts.append((NS_USERS, {u.name: u.model_dump(mode="json") for u in doc.users}))
+        if doc.user_tokens is not None:
+            parts.append((NS_USER_TOKENS, {t.sha256: {**t.model_dump(mode="json", exclude={"sha256"}),
+                                                      "last_used_at": (store.get(NS_USER_TOKENS, t.sha256) or {})
+                                                      .get("last_used_at")} for t in doc.user_tokens}))
+        for ns, wanted in parts:
             ops += [Op(ns, key, None) for key, _ in store.scan(ns) if key not in wanted]
             ops += [Op(ns, key, value) for key, value in sorted(wanted.items())]
         channels = [JOBS_CHANNEL]

@@ -54,6 +54,7 @@ class AdminLimits:
     body_timeout: float = 60.0
     idle_timeout: float = 75.0
     max_connections: int = 1024
+    audit_retention_days: int = 90
 
     @classmethod
     def from_profile(cls, profile: Profile | None) -> AdminLimits:
@@ -63,7 +64,8 @@ class AdminLimits:
         return cls(max_body_bytes=int(section.AdminMaxBodyBytes), max_json_depth=int(section.AdminMaxJSONDepth),
                    header_timeout=section.AdminHeaderTimeout / 1000, body_timeout=section.AdminBodyTimeout / 1000,
                    idle_timeout=section.AdminIdleTimeout / 1000,
-                   max_connections=int(section.AdminMaxConnections))
+                   max_connections=int(section.AdminMaxConnections),
+                   audit_retention_days=int(section.AuditRetentionDays))
 
 
 class AdminStats:

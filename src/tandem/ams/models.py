@@ -285,3 +285,106 @@ class IssuedKey(Strict):
     consumer: str
     key: str = Field(description="the clear API key: shown once, only its sha256 is stored")
     created_at: str
+
+
+# -- users and their tokens (tandem.ams.services.users) ----------------------------------------
+UserRole = Literal["viewer", "operator", "admin"]
+MAX_TOKEN_LIFETIME_S = 10 * 366 * 86400
+
+
+def _future_iso(value: str) -> str:
+    """An ISO 8601 time with a zone, in the future, at most 10 years ahead -> '...Z' (UTC, microseconds)."""
+    from datetime import UTC, datetime
+
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
+    except ValueError as exc:
+        raise ValueError(f"not an ISO 8601 date and time: {value!r}") from exc
+    if when.tzinfo is None:
+        raise ValueError(f"{value!r} has no time zone (add 'Z' for UTC)")
+    delta = when.timestamp() - datetime.now(UTC).timestamp()
+    if delta <= 0:
+        raise ValueError(f"{value!r} is in the past")
+    if delta > MAX_TOKEN_LIFETIME_S:
+        raise ValueError(f"{value!r} is more than 10 years ahead")
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+ExpiresAt = Annotated[Annotated[str, Field(max_length=64), AfterValidator(_future_iso)] | None,
+                      Field(description="ISO 8601 time with a zone, e.g. 2027-01-31T00:00:00Z; none: never expires")]
+
+
+class TokenIn(Strict):
+    name: Name = "default"
+    expires_at: ExpiresAt = None
+
+    def expires_at_iso(self) -> str | None:
+        return self.expires_at
+
+
+class UserIn(Strict):
+    """A user as an admin creates it; the response carries its first token, shown once."""
+
+    name: Name
+    role: UserRole
+    description: str = Field(default="", max_length=4096)
+    token_name: Name = "default"
+    expires_at: ExpiresAt = None
+
+
+class UserUpdate(Strict):
+    role: UserRole
+    description: str = Field(default="", max_length=4096)
+
+
+class TokenOut(Strict):
+    id: str
+    name: str
+    created_at: str
+    expires_at: str | None
+    last_used_at: str | None
+
+
+class UserOut(Strict):
+    name: str
+    role: UserRole
+    description: str
+    builtin: bool = Field(description="the built-in user 'admin' (owns the first admin token)")
+    created_at: str
+    tokens: list[TokenOut] = Field(description="the user's tokens; a token's clear text is never shown again")
+
+
+class CreatedUser(UserOut):
+    token: str = Field(description="the clear token: shown once, only its sha256 is stored")
+
+
+class IssuedToken(TokenOut):
+    user: str
+    token: str = Field(description="the clear token: shown once, only its sha256 is stored")
+
+
+class AuditEntry(BaseModel):
+    id: str
+    at: str
+    actor: str
+    token: str = Field(description="the id of the token the actor used (never the token)")
+    action: str
+    target: str
+    status: Literal["accepted", "refused"]
+    request_id: str
+    http_status: int | None = None
+    error: str | None = None
+    needs: str | None = Field(default=None, description="the role a 403 lacked")
+    changes: list[str] | None = None
+    more_changes: int | None = None
+
+
+class AuditPage(BaseModel):
+    entries: list[AuditEntry]
+    next_before: str | None = Field(description="pass as ?before= for the next (older) page; null at the end")
+
+
+class WhoAmI(BaseModel):
+    actor: str
+    role: UserRole | None
+    token: str

@@ -1,5 +1,7 @@
 """The deployment worker: resumes jobs an earlier active left pending and
-completes in-progress ones as gateways report their applied revision.
+completes in-progress ones as gateways report their applied revision; it also
+prunes the audit trail past its retention, when it starts and every
+`PRUNE_EVERY` seconds after.
 
 One asyncio task per app, started lazily on the first request (or by
 `bootstrap`) on the serving event loop, restarted if it died or belongs to a
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 import anyio
 
@@ -21,14 +24,19 @@ from tandem.errors import StoreError
 
 log = logging.getLogger("tandem.ams.worker")
 INTERVAL = 1.0
+PRUNE_EVERY = 3600.0
 
 
 async def run(svc: Services) -> None:
+    pruned_at: float | None = None
     with svc.state.hub.subscribe([JOBS_CHANNEL]) as sub:
         while True:
             if svc.state.serving():
                 try:
                     await anyio.to_thread.run_sync(svc.deployments.reconcile)
+                    if pruned_at is None or time.monotonic() - pruned_at >= PRUNE_EVERY:
+                        await anyio.to_thread.run_sync(svc.audit.prune)
+                        pruned_at = time.monotonic()
                 except (ApiError, StoreError) as exc:
                     log.warning("deployment worker: %s", exc)
                 except Exception:

@@ -38,7 +38,8 @@ def _common(defaults: bool) -> argparse.ArgumentParser:
 
 
 def register(subparsers: Any) -> None:
-    group = subparsers.add_parser("api", help="the AMS admin API: projects, deployments, consumers, keys",
+    group = subparsers.add_parser("api", help="the AMS admin API: projects, deployments, consumers, keys, users, "
+                                              "audit",
                                   parents=[_common(True)])
     sub = group.add_subparsers(dest="api_command", metavar="COMMAND", required=True)
     leaf = _common(False)
@@ -91,7 +92,8 @@ def register(subparsers: Any) -> None:
         "revoke an API key", ("consumer", {}), ("key_id", {}))
 
     add(sub, "export", export, "the whole configuration as one document",
-        ("--output", {"default": None, "help": "write to this file instead of stdout"}))
+        ("--output", {"default": None, "help": "write to this file instead of stdout"}),
+        ("--audit", {"action": "store_true", "help": "also the audit trail"}))
     add(sub, "import", lambda c, a: c.post("/api/v1/import", json=read_document(a.file),
                                            params={"prune": "true"} if a.prune else None),
         "make the configuration equal to an exported document (all or nothing)", file_arg,
@@ -106,6 +108,33 @@ def register(subparsers: Any) -> None:
         "issue a gateway token (shown once)", ("name", {}))
     add(tokens, "revoke", lambda c, a: c.delete(f"/api/v1/gateway-tokens/{a.id}"), "revoke a gateway token",
         ("id", {}))
+
+    expiry: list[tuple[str, dict[str, Any]]] = [("--expires-at", {"default": None, "metavar": "ISO", "help": "expiry, e.g. 2027-01-31T00:00:00Z"}),
+              ("--expires-in", {"type": float, "default": None, "metavar": "DAYS", "help": "expiry in days"})]
+    user_arg = ("user", {"help": "user name"})
+    users = sub.add_parser("users", help="users and their roles").add_subparsers(dest="what", required=True)
+    add(users, "list", lambda c, a: c.get("/api/v1/users"), "list users (roles, tokens' ids and last use)")
+    add(users, "show", lambda c, a: c.get(f"/api/v1/users/{a.user}"), "show a user", user_arg)
+    add(users, "create", create_user, "create a user; prints its first token (shown once)", user_arg,
+        ("--role", {"required": True, "choices": ("viewer", "operator", "admin")}),
+        ("--description", {"default": ""}), ("--token-name", {"default": "default"}), *expiry)
+    add(users, "set-role", lambda c, a: c.put(f"/api/v1/users/{a.user}",
+                                              json={"role": a.role, "description": a.description}),
+        "change a user's role", user_arg, ("role", {"choices": ("viewer", "operator", "admin")}),
+        ("--description", {"default": ""}))
+    add(users, "delete", lambda c, a: c.delete(f"/api/v1/users/{a.user}"), "delete a user and revoke its tokens",
+        user_arg)
+    user_tokens = sub.add_parser("tokens", help="users' tokens").add_subparsers(dest="what", required=True)
+    add(user_tokens, "list", lambda c, a: c.get(f"/api/v1/users/{a.user}")["tokens"], "a user's tokens",
+        user_arg)
+    add(user_tokens, "issue", issue_token, "issue another token for a user (shown once)", user_arg,
+        ("--name", {"default": "default", "help": "the token's name"}), *expiry)
+    add(user_tokens, "revoke", lambda c, a: c.delete(f"/api/v1/users/{a.user}/tokens/{a.id}"), "revoke a token",
+        user_arg, ("id", {"help": "token id (from tokens list)"}))
+    add(sub, "whoami", lambda c, a: c.get("/api/v1/whoami"), "the user and role of the token in use")
+    add(sub, "audit", audit_trail, "the audit trail, newest first",
+        ("--since", {"default": None, "help": "ISO time"}), ("--actor", {"default": None}),
+        ("--action", {"default": None}), ("--limit", {"type": int, "default": 100}))
 
 
 def run(args: argparse.Namespace, func: Any) -> int:
@@ -167,11 +196,39 @@ def create_consumer(client: Client, args: argparse.Namespace) -> Any:
 
 
 def export(client: Client, args: argparse.Namespace) -> Any:
-    doc = client.get("/api/v1/export")
+    doc = client.get("/api/v1/export", params={"audit": "true"} if args.audit else None)
     if args.output:
         Path(args.output).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         return {"written": args.output, "projects": len(doc["projects"]), "consumers": len(doc["consumers"])}
     return doc
+
+
+def expires_at(args: argparse.Namespace) -> str | None:
+    """--expires-at as given, or --expires-in DAYS from now (UTC); not both."""
+    from datetime import UTC, datetime, timedelta
+
+    if args.expires_at is not None and args.expires_in is not None:
+        raise UsageError("--expires-at and --expires-in: give one of them")
+    if args.expires_in is None:
+        return str(args.expires_at) if args.expires_at is not None else None
+    if args.expires_in <= 0:
+        raise UsageError(f"--expires-in: {args.expires_in:g} is not a positive number of days")
+    return (datetime.now(UTC) + timedelta(days=args.expires_in)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def create_user(client: Client, args: argparse.Namespace) -> Any:
+    return client.post("/api/v1/users", json={"name": args.user, "role": args.role, "description": args.description,
+                                              "token_name": args.token_name, "expires_at": expires_at(args)})
+
+
+def issue_token(client: Client, args: argparse.Namespace) -> Any:
+    return client.post(f"/api/v1/users/{args.user}/tokens", json={"name": args.name, "expires_at": expires_at(args)})
+
+
+def audit_trail(client: Client, args: argparse.Namespace) -> Any:
+    params = {k: v for k, v in (("since", args.since), ("actor", args.actor), ("action", args.action),
+                                ("limit", args.limit)) if v is not None}
+    return client.get("/api/v1/audit", params=params)["entries"]
 
 
 def import_openapi(client: Client, args: argparse.Namespace) -> Any:

@@ -60,6 +60,7 @@ class AdminSection:
     AdminBodyTimeout: int = 60_000  # longest gap between two reads of a request body (nginx client_body_timeout)
     AdminIdleTimeout: int = 75_000  # an idle keep-alive connection is closed after this
     AdminMaxConnections: int = 1024  # concurrent connections; past it new ones get 503
+    AuditRetentionDays: int = 90  # audit entries older than this are pruned (docs/security.md)
 
 
 @dataclass(frozen=True)

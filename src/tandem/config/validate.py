@@ -69,7 +69,7 @@ LIMIT_KEYS: dict[str, tuple[str, ...]] = {
                 "MaxHeaderBytes", "MaxHeaders", "MaxUrlBytes", "MaxBodyBytes", "ConnectTimeout", "ReadTimeout",
                 "MaxUpstreamConnections"),
     "admin": ("AdminMaxBodyBytes", "AdminMaxJSONDepth", "AdminHeaderTimeout", "AdminBodyTimeout", "AdminIdleTimeout",
-              "AdminMaxConnections"),
+              "AdminMaxConnections", "AuditRetentionDays"),
 }
 SECRET_KEYS = frozenset({"PairSecret", "Token"})
 MODES = ("AMS", "AGS")

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, Depends, Query, Request
 
+from tandem.ams.access import Need, needs
 from tandem.ams.api_errors import CONFLICT
 from tandem.ams.export import ExportDocument, export_document, import_document
 from tandem.ams.models import NAME_PATTERN, Project
@@ -30,13 +31,18 @@ OPENAPI_BODY = {
 }
 
 
-@router.get("/export", response_model=ExportDocument)
-def export_configuration(svc: Svc) -> Any:
-    """The whole configuration as one declarative document (sorted; no timestamps of activity)."""
-    return export_document(svc.state)
+@router.get("/export", response_model=ExportDocument, response_model_exclude_unset=True,
+            openapi_extra=needs(Need.OPERATOR))
+def export_configuration(
+    svc: Svc,
+    audit: Annotated[bool, Query(description="also the audit trail (oldest first)")] = False,
+) -> Any:
+    """The whole configuration as one declarative document (sorted; no timestamps of activity).
+    Operator or admin: it holds credential hashes and JWT secrets."""
+    return export_document(svc.state, audit)
 
 
-@router.post("/import", response_model=ImportResult)
+@router.post("/import", response_model=ImportResult, openapi_extra=needs(Need.ADMIN, "config.import"))
 def import_configuration(
     doc: ExportDocument,
     svc: Svc,
@@ -50,7 +56,8 @@ def import_configuration(
     return import_document(svc.state, doc, prune)
 
 
-@router.post("/import/openapi", status_code=201, response_model=Project, openapi_extra=OPENAPI_BODY)
+@router.post("/import/openapi", status_code=201, response_model=Project,
+             openapi_extra=needs(Need.ADMIN, "project.import_openapi", **OPENAPI_BODY))
 async def import_openapi(
     request: Request,
     svc: Svc,

@@ -9,6 +9,7 @@ import anyio
 from fastapi import APIRouter, Depends, Path, Query, Response
 from fastapi.responses import JSONResponse
 
+from tandem.ams.access import Need, needs
 from tandem.ams.api_errors import NOT_FOUND
 from tandem.ams.app_state import NS_CONSUMERS, now_iso
 from tandem.ams.models import NAME_PATTERN
@@ -37,7 +38,7 @@ def _revision(svc: Services, env: str) -> int:
     return int(get_env(svc.state.store(), env)["revision"])
 
 
-@router.get("/gateway/config", response_model=ConfigDocument,
+@router.get("/gateway/config", response_model=ConfigDocument, openapi_extra=needs(Need.GATEWAY),
             responses={304: {"description": "the revision did not change within `wait` seconds"}})
 async def gateway_config(
     svc: Svc,
@@ -74,25 +75,26 @@ async def gateway_config(
             svc.state.poll_ended(environment, gateway)
 
 
-@router.get("/gateways", response_model=list[Gateway])
+@router.get("/gateways", response_model=list[Gateway], openapi_extra=needs(Need.VIEWER))
 def list_gateways(svc: Svc) -> Any:
     """Every AGS that pulls configuration: pair, HA state, applied revision, last seen, and the queued
     and dead messages it last reported (refreshed in the registry at least every 10 s of polling)."""
     return svc.registry.listing()
 
 
-@router.post("/gateway-tokens", status_code=201, response_model=IssuedGatewayToken)
+@router.post("/gateway-tokens", status_code=201, response_model=IssuedGatewayToken,
+             openapi_extra=needs(Need.ADMIN, "gateway_token.issue"))
 def issue_gateway_token(body: GatewayTokenRequest, svc: Svc) -> Any:
     """A token for an AGS (its profile's `[gateway] Token`); shown once, opens only the config feed."""
     return svc.tokens.issue(body.name)
 
 
-@router.get("/gateway-tokens", response_model=list[GatewayToken])
+@router.get("/gateway-tokens", response_model=list[GatewayToken], openapi_extra=needs(Need.VIEWER))
 def list_gateway_tokens(svc: Svc) -> Any:
     return svc.tokens.list()
 
 
-@router.delete("/gateway-tokens/{token_id}", status_code=204)
+@router.delete("/gateway-tokens/{token_id}", status_code=204, openapi_extra=needs(Need.ADMIN, "gateway_token.revoke"))
 def revoke_gateway_token(token_id: Annotated[str, Path(max_length=64)], svc: Svc) -> Response:
     svc.tokens.revoke(token_id)
     return Response(status_code=204)

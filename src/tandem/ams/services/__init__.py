@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from tandem.ams.app_state import AmsState
+from tandem.ams.services.audit import AuditService
 from tandem.ams.services.consumers import ConsumerService
 from tandem.ams.services.deployments import DeploymentService
 from tandem.ams.services.messages import MessageService
 from tandem.ams.services.projects import ProjectService
 from tandem.ams.services.registry import RegistryService
 from tandem.ams.services.tokens import TokenService
+from tandem.ams.services.users import UserService
 
 
 class Services:
-    def __init__(self, state: AmsState) -> None:
+    def __init__(self, state: AmsState, audit_retention_days: int = 90) -> None:
         self.state = state
         self.projects = ProjectService(state)
         self.consumers = ConsumerService(state)
@@ -20,7 +22,9 @@ class Services:
         self.deployments = DeploymentService(state, self.registry)
         self.tokens = TokenService(state)
         self.messages = MessageService(state)
+        self.users = UserService(state)
+        self.audit = AuditService(state, audit_retention_days)
 
 
-__all__ = ["ConsumerService", "DeploymentService", "MessageService", "ProjectService", "RegistryService",
-           "Services", "TokenService"]
+__all__ = ["AuditService", "ConsumerService", "DeploymentService", "MessageService", "ProjectService", "RegistryService",
+           "Services", "TokenService", "UserService"]

@@ -11,7 +11,7 @@ from typing import Any
 
 from tandem.ams.api_errors import ApiError
 from tandem.ams.app_state import NS_GATEWAY_TOKENS, AmsState, now_iso
-from tandem.ams.auth import sha256_hex
+from tandem.ams.services.users import sha256_hex
 from tandem.store import Op
 
 TOKEN_PREFIX = "tgw_"
