@@ -73,3 +73,81 @@ def test_no_server_errors_and_documented_responses(tmp_path: Path, mode: Generat
     assert not failures, "\n".join(f"{k}: {v}" for k, v in failures.items())
     assert calls >= len(operations), calls
     assert elapsed < BUDGET_S, f"schemathesis run took {elapsed:.1f} s"
+
+
+STATEFUL_STEPS = 12
+STATEFUL_EXAMPLES = 15
+RANK = {"viewer": 1, "operator": 2, "admin": 3}
+
+
+class FreshAms:
+    """The AMS app, put back into the same state (one user of `role`, one project: a store
+    snapshot) before every example of a stateful run: the state machine's draws depend on the
+    answers it got, so every example must start from the same state, the same ids included."""
+
+    def __init__(self, folder: Path, role: str) -> None:
+        ams = self.ams = InProcessAms(folder / "ams")
+        admin = {"Authorization": f"Bearer {ams.token}"}
+        r = ams.client.post("/api/v1/users", headers=admin, json={"name": f"the-{role}", "role": role})
+        assert r.status_code == 201, r.text
+        self.auth = {"Authorization": f"Bearer {r.json()['token']}"}
+        ams.client.post("/api/v1/projects", headers=admin, json={
+            "name": "pets", "context_path": "/pets", "targets": [{"url": "http://127.0.0.1:9000"}]})
+        ams.client.get("/api/v1/whoami", headers=self.auth)  # its last use stamped: no write on first use
+        self.snap = ams.store.snapshot()
+        self.app = ams.app
+
+    def reset(self) -> None:
+        with self.ams.app.state.services.state.lock:
+            self.ams.store.restore(self.snap)
+
+    def close(self) -> None:
+        self.ams.close()
+
+
+@pytest.mark.parametrize("role", ["viewer", "operator", "admin"])
+def test_stateful_with_each_role(tmp_path: Path, role: str) -> None:
+    """Schemathesis's stateful phase (links inferred from the schema: create -> read -> replace ->
+    delete chains) as a user of each role, each example on a fresh AMS. No 5xx, every response as
+    documented, and an operation beyond the role is a 403 naming the role it needs (never served)."""
+    app = FreshAms(tmp_path, role)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app.app)
+    needs = {(m.upper(), p): op["x-tandem-role"] for p, ops in schema.raw_schema["paths"].items()
+             for m, op in ops.items()}
+    seen: dict[str, int] = {"calls": 0, "forbidden": 0}
+    t0 = time.monotonic()
+
+    class Machine(schema.as_state_machine()):  # type: ignore[misc]
+        def setup(self) -> None:
+            app.reset()
+
+        def get_call_kwargs(self, case: Any) -> dict[str, Any]:
+            if case.path == "/api/v1/gateway/config":
+                case.query = {**(case.query or {}), "wait": 0}
+            case.headers = {**(case.headers or {}), **app.auth}  # the role's token, never a generated one
+            return {"headers": dict(app.auth)}
+
+        def validate_response(self, response: Any, case: Any, additional_checks: Any = None,
+                              **kwargs: Any) -> None:
+            seen["calls"] += 1
+            need = needs[(case.method.upper(), case.path)]
+            if need != "public" and RANK.get(need, 3) > RANK[role]:
+                # beyond the role: refused before validation, whatever the input
+                assert response.status_code == 403, (case.method, case.path, response.status_code)
+                assert response.json()["role"] in ("operator", "admin")
+                seen["forbidden"] += 1
+                return
+            case.validate_response(response, excluded_checks=EXCLUDED)
+
+    try:
+        Machine.run(settings=settings(max_examples=STATEFUL_EXAMPLES, stateful_step_count=STATEFUL_STEPS,
+                                      deadline=None, derandomize=True, database=None,
+                                      phases=[Phase.generate], suppress_health_check=list(HealthCheck)))
+    finally:
+        app.close()
+    elapsed = time.monotonic() - t0
+    print(f"stateful {role}: {seen['calls']} calls, {seen['forbidden']} refused for the role, {elapsed:.1f} s")
+    assert seen["calls"] >= STATEFUL_EXAMPLES
+    if role != "admin":
+        assert seen["forbidden"] > 0
+    assert elapsed < BUDGET_S, f"stateful run took {elapsed:.1f} s"
