@@ -127,11 +127,12 @@ def refusal(principal: Principal, need: Need) -> str | None:
         return None
     if principal.role is None:
         return None if need is Need.GATEWAY else "a gateway token opens only the config feed"
-    needed = Role.ADMIN if need is Need.GATEWAY else Role(need.value)
+    needed = Role(needed_role(need))
     if principal.role.allows(needed):
         return None
     return f"this needs the {needed.value} role; {principal.actor!r} has {principal.role.value}"
 
 
 def needed_role(need: Need) -> str:
+    """The user role a route's need asks for (a gateway route: admin, for users)."""
     return Role.ADMIN.value if need is Need.GATEWAY else need.value

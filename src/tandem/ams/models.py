@@ -318,9 +318,6 @@ class TokenIn(Strict):
     name: Name = "default"
     expires_at: ExpiresAt = None
 
-    def expires_at_iso(self) -> str | None:
-        return self.expires_at
-
 
 class UserIn(Strict):
     """A user as an admin creates it; the response carries its first token, shown once."""

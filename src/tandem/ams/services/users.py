@@ -124,7 +124,7 @@ class UserService:
     def _new_token(self, user: str, spec: TokenIn) -> tuple[str, Op, dict[str, Any]]:
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         record = {"id": "ut_" + secrets.token_hex(8), "user": user, "name": spec.name, "created_at": now_iso(),
-                  "expires_at": spec.expires_at_iso(), "last_used_at": None}
+                  "expires_at": spec.expires_at, "last_used_at": None}
         return token, Op(NS_USER_TOKENS, sha256_hex(token), record), record
 
     def issue_token(self, name: str, spec: TokenIn) -> dict[str, Any]:
