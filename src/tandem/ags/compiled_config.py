@@ -34,7 +34,7 @@ from tandem.ags.health import Check
 from tandem.ags.policies import Consumers, Services, compile_chain
 from tandem.ags.policies.chain import AUTH_KINDS
 from tandem.ags.router import Router, context_key, split_host
-from tandem.model.document import document_digest, reserved_context
+from tandem.model.document import reserved_context, verify_document
 from tandem.model.policies import project_timeouts
 
 log = logging.getLogger("tandem.ags")
@@ -51,25 +51,14 @@ def validate_document(raw: bytes | str | dict[str, Any], environment: str) -> di
         doc = raw
     else:
         try:
-            doc = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ConfigRejected(f"not JSON ({exc})") from exc
-    if not isinstance(doc, dict):
-        raise ConfigRejected(f"expected a JSON object, got {type(doc).__name__}")
-    missing = [k for k in ("environment", "revision", "projects", "consumers", "digest") if k not in doc]
-    if missing:
-        raise ConfigRejected(f"missing field(s) {', '.join(missing)}")
+            doc = json.loads(raw, parse_constant=_no_constant)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # (nested too deep: RecursionError)
+            raise ConfigRejected(f"not JSON ({str(exc)[:200]})") from exc
+    reason = verify_document(doc)  # the shape and the digest: the rule the AMS side checks too
+    if reason is not None:
+        raise ConfigRejected(reason)
     if doc["environment"] != environment:
         raise ConfigRejected(f"environment {doc['environment']!r}, this gateway serves {environment!r}")
-    rev = doc["revision"]
-    if isinstance(rev, bool) or not isinstance(rev, int) or rev < 0:
-        raise ConfigRejected(f"revision: expected a non-negative integer, got {rev!r}")
-    if not isinstance(doc["projects"], list) or not isinstance(doc["consumers"], list):
-        raise ConfigRejected("projects and consumers must be lists")
-    digest = document_digest(doc)
-    if doc["digest"] != digest:
-        raise ConfigRejected(f"digest mismatch (document says {str(doc['digest'])[:16]}..., "
-                             f"content hashes to {digest[:16]}...): partial or corrupted document")
     seen: dict[tuple[bytes, Any, Any], str] = {}
     for i, p in enumerate(doc["projects"]):
         where = f"projects[{i}]" + (f" ({p.get('name')!r})" if isinstance(p, dict) else "")
@@ -80,7 +69,45 @@ def validate_document(raw: bytes | str | dict[str, Any], environment: str) -> di
         if key in seen:
             raise ConfigRejected(f"{where}: same context_path, hosts and methods as {seen[key]!r}")
         seen[key] = p["name"]
+    for i, c in enumerate(doc["consumers"]):
+        try:
+            _check_consumer(c)
+        except ValueError as exc:
+            raise ConfigRejected(f"consumers[{i}]: {exc}") from exc
     return doc
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _objects(value: Any, field: str, *strings: str) -> list[dict[str, Any]]:
+    """`value` as a list of objects whose `strings` fields are strings; ValueError naming `field`."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValueError(f"{field}: expected a list, got {type(value).__name__}")
+    for j, item in enumerate(value):
+        if not isinstance(item, dict) or not all(isinstance(item.get(k), str) for k in strings):
+            raise ValueError(f"{field}[{j}]: expected an object with string {', '.join(strings)}, got {item!r:.100}")
+    return value
+
+
+def _check_consumer(c: Any) -> None:
+    """A consumer as `tandem.model.document.feed_consumer` builds it: name, keys (id, sha256) and
+    credentials (basic_auth: username, password_hash; jwt: key)."""
+    if not isinstance(c, dict):
+        raise ValueError(f"expected an object, got {type(c).__name__}")
+    if not isinstance(c.get("name"), str) or not c["name"]:
+        raise ValueError(f"name: expected a non-empty string, got {c.get('name')!r:.100}")
+    _objects(c.get("keys"), "keys", "id", "sha256")
+    creds = c.get("credentials")
+    if creds is None:
+        return
+    if not isinstance(creds, dict):
+        raise ValueError(f"credentials: expected an object, got {type(creds).__name__}")
+    _objects(creds.get("basic_auth"), "credentials.basic_auth", "username", "password_hash")
+    _objects(creds.get("jwt"), "credentials.jwt", "key")
 
 
 def _str_list(p: dict[str, Any], field: str) -> list[str]:

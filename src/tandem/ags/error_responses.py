@@ -50,6 +50,7 @@ from __future__ import annotations
 import json
 import time
 from email.utils import formatdate
+from typing import Any
 
 REASONS = {400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found",
            405: b"Method Not Allowed", 408: b"Request Timeout",
@@ -89,6 +90,7 @@ class Reject(Exception):
         super().__init__(message or MESSAGES.get(code, code))
         self.status, self.code = status, code
         self.message = message or MESSAGES.get(code, code)
+        self.exchange: Any = None  # the request refused, once its head was parsed (set by the protocol)
 
 
 _date_cache: list[object] = [0, b""]

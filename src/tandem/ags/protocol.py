@@ -173,6 +173,11 @@ class ClientProtocol(asyncio.Protocol):
         """A request head has started arriving and is not complete."""
         return bool(self.url or self.headers)
 
+    def refused_head(self) -> bool:
+        """Whether the request being refused before its head was complete is a HEAD (its target has
+        started, so its method is parsed): the answer has no body then."""
+        return self.in_head and self.parser.get_method() == b"HEAD"
+
     def on_url(self, url: bytes) -> None:
         prev = self.url
         if prev:
@@ -234,19 +239,21 @@ class ClientProtocol(asyncio.Protocol):
                 continue
             parts += [name, b": ", value, b"\r\n"]
         nhead = len(parts)
-        if hosts > 1:
-            raise Reject(400, "bad_request", "more than one Host header")
-        if te_other:
-            raise Reject(501, "transfer_encoding_not_supported")
         if rid is None:
             gw.rid = n = gw.rid + 1
             rid = gw.rid_format % n
         method = parser.get_method()
-        if method == b"TRACE" and not self.limits.allow_trace:
-            raise Reject(405, "method_not_allowed", "TRACE is not allowed on this gateway")
         ex = Exchange(self, method, rid, perf_counter())
         ex.host = host
         self.parsing = ex
+        if method == b"HEAD":  # before any refusal: an answer to a HEAD has no body
+            ex.is_head = True
+        if hosts > 1:
+            raise Reject(400, "bad_request", "more than one Host header")
+        if te_other:
+            raise Reject(501, "transfer_encoding_not_supported")
+        if method == b"TRACE" and not self.limits.allow_trace:
+            raise Reject(405, "method_not_allowed", "TRACE is not allowed on this gateway")
         # (partition(), not `in` or find(): `bytes in bytes` tries the operand as an int first and pays for
         # a TypeError, find() parses its arguments as a tuple; partition() takes one, and only makes a
         # tuple when the separator is absent)
@@ -319,8 +326,6 @@ class ClientProtocol(asyncio.Protocol):
         ex.hparts = parts
         if not has_body:
             ex.req_complete = True
-        if method == b"HEAD":
-            ex.is_head = True
         if self.cur is None:
             self.cur = ex
             if expect and has_body and route is not None:
@@ -371,7 +376,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def flush(self) -> None:
         out = self.out  # the same list for the connection's life: the upstream side appends to it
-        if out and self.transport is not None and not self.closed:
+        if out and self.transport is not None and not self.closing:  # (closing: our side is shut)
             self.transport.writelines(out)
             out.clear()
 
@@ -403,7 +408,7 @@ class ClientProtocol(asyncio.Protocol):
             finally:
                 self.advancing = False
         out = self.out
-        if out and not self.closed:
+        if out and not self.closing:
             self.transport.writelines(out)  # type: ignore[union-attr]
             out.clear()
         if self.cur is None and not self.closing:
@@ -416,7 +421,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def reject(self, r: Reject) -> None:
         """A request could not be parsed or is over a limit: it never completes upstream."""
-        ex = self.parsing
+        ex = r.exchange = self.parsing
         self.parsing = None
         self.pause(8)
         if ex is not None and ex in self.queue:
@@ -431,11 +436,12 @@ class ClientProtocol(asyncio.Protocol):
         elif self.cur is not None:
             self.fatal = r  # answered once the exchanges before it are done
         else:
-            self.answer_and_close(r, ex)
+            self.answer_and_close(r)
 
-    def answer_and_close(self, r: Reject, ex: Exchange | None = None) -> None:
+    def answer_and_close(self, r: Reject) -> None:
+        ex: Exchange | None = r.exchange
         rid = ex.rid if ex is not None else self.gw.next_request_id()
-        self.out.append(error_response(r.status, r.code, rid, r.message, close=True))
+        self.out.append(error_response(r.status, r.code, rid, r.message, True, ex.is_head if ex is not None else self.refused_head()))
         self.gw.unrouted.record(r.status, 0.0, None)
         self.gw.unrouted.error(r.code)
         if self.gw.accesslog is not None:
@@ -448,8 +454,8 @@ class ClientProtocol(asyncio.Protocol):
         a client still sending its body reads our answer instead of a reset."""
         if self.closing or self.transport is None:
             return
-        self.closing = True
         self.flush()
+        self.closing = True  # nothing more is written: the answers queued after this point are dropped
         self.queue.clear()
         transport = self.transport
         if transport.can_write_eof():

@@ -78,7 +78,7 @@ def build_document(environment: str, revision: int, projects: Mapping[str, Any],
 def verify_document(doc: Any) -> str | None:
     """Why `doc` must not be applied, or None when it is whole and untampered."""
     if not isinstance(doc, dict):
-        return f"expected an object, got {type(doc).__name__}"
+        return f"expected a JSON object, got {type(doc).__name__}"
     for key in (*DIGEST_FIELDS, "digest"):
         if key not in doc:
             return f"missing field {key!r}"
@@ -88,8 +88,9 @@ def verify_document(doc: Any) -> str | None:
         return "projects and consumers must be lists"
     try:
         expected = document_digest(doc)
-    except (TypeError, ValueError) as exc:
-        return f"cannot canonicalise: {exc}"
+    except (TypeError, ValueError, RecursionError) as exc:  # (nested too deep: RecursionError)
+        return f"cannot canonicalise: {str(exc)[:200]}"
     if doc["digest"] != expected:
-        return f"digest mismatch: document says {doc['digest']!r}, content hashes to {expected!r}"
+        return (f"digest mismatch (document says {str(doc['digest'])[:16]}..., content hashes to "
+                f"{expected[:16]}...): partial or corrupted document")
     return None
