@@ -11,6 +11,7 @@ write; a refused one changes no configuration.
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -119,6 +120,27 @@ def test_a_route_without_a_declared_role_cannot_be_built() -> None:
 
     with pytest.raises(RuntimeError, match="without an audit action"):
         check_routes(router2.routes)
+
+
+@pytest.mark.parametrize("path", ["/users/{name}/tokens", "/certificates", "/certificates/{name}"])
+def test_a_write_on_users_or_certificates_must_need_admin(path: str) -> None:
+    """Operators deploy but never create users or certificates: a route there declaring less than
+    admin cannot be built (the certificates routes of issue 17 included, before they exist)."""
+    router = APIRouter(prefix="/api/v1")
+
+    @router.get(path, openapi_extra=needs(Need.VIEWER))
+    def read() -> None: ...
+
+    @router.post(path, openapi_extra=needs(Need.ADMIN, "thing.create"))
+    def create() -> None: ...
+
+    check_routes(router.routes)
+
+    @router.put(path, openapi_extra=needs(Need.OPERATOR, "thing.update"))
+    def update() -> None: ...
+
+    with pytest.raises(RuntimeError, match=f"PUT /api/v1{re.escape(path)}: a write under .* needs admin, declares operator"):
+        check_routes(router.routes)
 
 
 @pytest.mark.parametrize("role", ["viewer", "operator"])
