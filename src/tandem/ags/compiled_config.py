@@ -81,16 +81,16 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _objects(value: Any, field: str, *strings: str) -> list[dict[str, Any]]:
-    """`value` as a list of objects whose `strings` fields are strings; ValueError naming `field`."""
+def _check_objects(value: Any, field: str, *strings: str) -> None:
+    """ValueError naming `field` unless `value` is absent or a list of objects whose `strings` fields
+    are strings."""
     if value is None:
-        return []
+        return
     if not isinstance(value, list):
         raise ValueError(f"{field}: expected a list, got {type(value).__name__}")
     for j, item in enumerate(value):
         if not isinstance(item, dict) or not all(isinstance(item.get(k), str) for k in strings):
             raise ValueError(f"{field}[{j}]: expected an object with string {', '.join(strings)}, got {item!r:.100}")
-    return value
 
 
 def _check_consumer(c: Any) -> None:
@@ -100,14 +100,14 @@ def _check_consumer(c: Any) -> None:
         raise ValueError(f"expected an object, got {type(c).__name__}")
     if not isinstance(c.get("name"), str) or not c["name"]:
         raise ValueError(f"name: expected a non-empty string, got {c.get('name')!r:.100}")
-    _objects(c.get("keys"), "keys", "id", "sha256")
+    _check_objects(c.get("keys"), "keys", "id", "sha256")
     creds = c.get("credentials")
     if creds is None:
         return
     if not isinstance(creds, dict):
         raise ValueError(f"credentials: expected an object, got {type(creds).__name__}")
-    _objects(creds.get("basic_auth"), "credentials.basic_auth", "username", "password_hash")
-    _objects(creds.get("jwt"), "credentials.jwt", "key")
+    _check_objects(creds.get("basic_auth"), "credentials.basic_auth", "username", "password_hash")
+    _check_objects(creds.get("jwt"), "credentials.jwt", "key")
 
 
 def _str_list(p: dict[str, Any], field: str) -> list[str]:
