@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
+from datetime import UTC, datetime
 from typing import Any
 
 from tandem.ha.actions import Actions
@@ -34,6 +36,7 @@ log = logging.getLogger("tandem.ha")
 
 HOLD_OFF_AFTER_SWITCHOVER = 5.0
 HOLD_OFF_AFTER_FAILURE = 3.0
+HISTORY = 50  # state changes kept for /ha/status
 TIE_BREAK = "secondary at start: the primary has the first try"
 
 
@@ -58,6 +61,8 @@ class HAController(Controller):
         self.tick = max(0.01, min(ha.LockRetryInterval, ha.LockVerifyInterval, ha.HeartbeatInterval) / 2000)
         self.forced = self.switching = False
         self.hold_off, self.last_reason = HoldOff(), ""
+        # the last state changes with their reasons, newest last (the console's timeline)
+        self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
         self.last_cycle = time.monotonic()
         self.wake, self.cycle_lock = asyncio.Event(), asyncio.Lock()
         self.actions = Actions(self, ops, self.holding, self.peer, self.hold_off, self.wake)
@@ -130,6 +135,8 @@ class HAController(Controller):
         check_transition(self.mode, self.state, new)
         old, self.state, self.since = self.state, new, time.time()
         self.ops.console(f"HA  {old} -> {new}  epoch={self.epoch}  reason={reason}")
+        self.history.append({"at": datetime.fromtimestamp(self.since, UTC).isoformat(), "from": str(old),
+                             "to": str(new), "epoch": self.epoch, "reason": reason})
         if new != State.STOPPED:
             asyncio.get_running_loop().create_task(self.replication.on_state(str(new), self.epoch))
 
@@ -240,7 +247,7 @@ class HAController(Controller):
             "peer": self.peer.status(rep), "lock": self.watch.status(),
             "isolated": self.probe.isolated, "since": self.since, "reason": self.last_reason,
             "waiting_reason": rec.waiting_reason(self.lock.path) if self.state == State.WAITING else None,
-            "replication": rep,
+            "replication": rep, "history": list(self.history),
         }
 
     # ---- ReplicationHost (what the replicator may ask) ----

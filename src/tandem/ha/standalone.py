@@ -34,7 +34,7 @@ class StandaloneController(Controller):
     def status(self) -> dict[str, Any]:
         return {"type": "none", "role": self.ops.profile.ha.Role, "state": self.state, "epoch": 0,
                 "peer": {"state": None, "address": None, "replicated_lsn": None, "lag": None},
-                "lock": {"path": None, "held": False}, "isolated": False, "since": self.since}
+                "lock": {"path": None, "held": False}, "isolated": False, "since": self.since, "history": []}
 
     def __repr__(self) -> str:
         return f"<StandaloneController {self.ops.profile.name} state={self.state}>"

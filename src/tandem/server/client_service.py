@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from tandem.config.model import Profile
@@ -42,6 +42,9 @@ class ServiceHost(Protocol):
 
     def ha_state(self) -> str:
         """The HA state, as `/ha/status` reports it."""
+
+    def ha_status(self) -> dict[str, Any]:
+        """This server's whole `/ha/status` document (state, epoch, peer, lock, history, ...)."""
 
     def add_metric_source(self, collect: Callable[[], bytes]) -> None:
         """Add Prometheus text to the HA port's `/metrics` (once per `collect`)."""

@@ -104,6 +104,9 @@ class ServerProcess:
     def ha_state(self) -> str:
         return str(self.controller.status().get("state") or "")
 
+    def ha_status(self) -> dict[str, Any]:
+        return self.status()
+
     def add_metric_source(self, collect: Callable[[], bytes]) -> None:
         if collect not in self.metric_sources:
             self.metric_sources.append(collect)
