@@ -1,9 +1,18 @@
 """`tandem demo`: the whole local topology on embedded defaults (what `make up` runs).
 
 An AMS pair and an AGS pair in replicated mode (haprofile1), a sample backend,
-a sample API project deployed with a consumer and its key; prints the console
-URL, the gateway URL, a ready `curl` line and the live HA states, then follows
-state changes until Ctrl-C, which stops everything it started, by pid.
+a sample API project deployed with a consumer and its key; prints the web
+console URL first (with the admin token to sign in with), then the admin API
+docs, the AMS and gateway URLs, a ready `curl` line and the live HA states, and
+follows state changes until Ctrl-C.
+
+Each server runs under its own supervisor (`tandem.server.supervisor`, the
+watchdog `tandem server` uses in the background), a child of the demo: a hung
+server is killed, and a server that dies (`kill -9` of an active one) is
+started again and comes back Passive while its peer serves. Ctrl-C sends
+SIGTERM to every supervisor, which stops its server; whatever is still running
+after STOP_DEADLINE s (or at a second Ctrl-C) is killed by pid: the servers
+(from their pid files) and the supervisors. Logs: `<home>/demo-logs/`.
 """
 
 from __future__ import annotations
@@ -14,7 +23,6 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,11 +31,14 @@ from typing import Any
 
 import httpx
 
+from tandem.cli.server import supervised_command
 from tandem.config import Profile, init_home, list_profiles, load_profile
-from tandem.errors import ServerError
+from tandem.errors import AlreadyRunning, ServerError
+from tandem.server.pidlock import running_pid
 
 PAIR = "haprofile1"
 PROJECT = "hello"
+STOP_DEADLINE = 20.0  # the supervisor gives its server 15 s (STOP_GRACE) before killing it
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -41,7 +52,7 @@ class _Backend(BaseHTTPRequestHandler):
     def _answer(self) -> None:
         body = json.dumps({"message": "hello from the sample backend", "method": self.command,
                            "path": self.path, "x_forwarded_for": self.headers.get("X-Forwarded-For"),
-                           "consumer": self.headers.get("X-Consumer")}).encode()
+                           "consumer": self.headers.get("X-Consumer-Name")}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -58,22 +69,34 @@ class _Backend(BaseHTTPRequestHandler):
 class Demo:
     def __init__(self, home: Path) -> None:
         self.home = home
-        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.procs: list[tuple[Profile, subprocess.Popen[bytes]]] = []  # the supervisors
         self.backend: ThreadingHTTPServer | None = None
 
     def profile(self, half: str, mode: str) -> Profile:
         return load_profile(self.home, f"{PAIR}/{half}/{mode}")
 
+    def check_free(self) -> None:
+        """An earlier demo (or `tandem server`) still running on these profiles: say so, start nothing."""
+        for mode in ("AMS", "AGS"):
+            for half in ("primary", "secondary"):
+                prof = self.profile(half, mode)
+                for f in ("supervisor.pid", "server.pid"):
+                    pid = running_pid(prof.run_dir / f)
+                    if pid:
+                        raise AlreadyRunning(f"profile {prof.name} already has a server running (pid {pid}); "
+                                             f"stop the other demo, or 'tandem --home {self.home} server stop "
+                                             f"-mode {mode} -profile {PAIR}/{half}'")
+
     def start_server(self, half: str, mode: str, env: dict[str, str]) -> None:
+        """The server under its supervisor, which restarts it when it dies; the supervisor is our child."""
         prof = self.profile(half, mode)
         log = self.home / "demo-logs" / f"{PAIR}-{half}-{mode}.log"
         log.parent.mkdir(exist_ok=True)
-        cmd = [sys.executable, "-m", "tandem.cli.main", "--home", str(self.home), "server", "-mode", mode,
-               "-profile", f"{PAIR}/{half}", "-nobackground"]
         with open(log, "ab") as f:
-            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **env},
+            proc = subprocess.Popen(supervised_command(self.home, prof), stdout=f, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, env={**os.environ, **env},
                                     start_new_session=True)
-        self.procs.append((prof.name, proc))
+        self.procs.append((prof, proc))
 
     def wait_serving(self, mode: str, timeout: float = 30) -> Profile:
         deadline = time.monotonic() + timeout
@@ -85,9 +108,10 @@ class Demo:
                         return prof
                 except httpx.HTTPError:
                     pass
-            for name, proc in self.procs:
+            for prof, proc in self.procs:
                 if proc.poll() is not None:
-                    raise ServerError(f"{name} exited with code {proc.returncode}; see {self.home}/demo-logs/")
+                    raise ServerError(f"{prof.name} exited with code {proc.returncode}; "
+                                      f"see {self.home}/demo-logs/")
             time.sleep(0.1)
         raise ServerError(f"no {mode} of {PAIR} became active within {timeout:.0f} s; see {self.home}/demo-logs/")
 
@@ -98,24 +122,50 @@ class Demo:
                 prof = self.profile(half, mode)
                 try:
                     st = httpx.get(f"{prof.ha_url}/ha/status", timeout=0.5).json()
-                    lines.append(f"{prof.name:26} {st['state']:12} epoch={st['epoch']:<3} lsn={st['lsn']}")
+                    lines.append(f"{prof.name:26} {st['state']:12} epoch={st['epoch']:<3} lsn={st['lsn']:<5} "
+                                 f"pid={st.get('pid')}")
                 except (httpx.HTTPError, ValueError):
                     lines.append(f"{prof.name:26} {'down':12}")
         return lines
 
     def stop(self) -> None:
+        """SIGTERM to each supervisor (it stops its server, then exits); what is left after
+        STOP_DEADLINE s, or at a second Ctrl-C, is killed by pid."""
         for _, proc in self.procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for _, proc in self.procs:
-            try:
+        deadline = time.monotonic() + STOP_DEADLINE
+        try:
+            for _, proc in self.procs:
                 proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        except subprocess.TimeoutExpired:
+            print(f"some servers did not stop within {STOP_DEADLINE:.0f} s: killing them", flush=True)
+            self.kill()
+        except KeyboardInterrupt:
+            print("interrupted again: killing the servers", flush=True)
+            self.kill()
         if self.backend is not None:
             self.backend.shutdown()
+
+    def kill(self) -> None:
+        """SIGKILL every supervisor (so none starts its server again), then every server (its pid
+        file names it while it holds the file's lock), and reap the supervisors."""
+        for sig in (signal.SIGINT, signal.SIGTERM):  # this is already the forced way out
+            signal.signal(sig, signal.SIG_IGN)
+        for prof, proc in self.procs:
+            pid = running_pid(prof.run_dir / "server.pid")
+            if proc.poll() is None:
+                proc.kill()
+            if pid:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for _, proc in self.procs:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
 
 
 def _admin_token(home: Path) -> str:
@@ -127,12 +177,21 @@ def _admin_token(home: Path) -> str:
     return secrets.token_hex(20)  # hex: never starts with "-" on a command line
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
     home: Path = args.home
+    # Ctrl-C, and a plain `kill` too, stop everything the demo started (a shell that starts the
+    # demo in the background may have left SIGINT ignored: Ctrl-C here means stop)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     if not (home / "profiles").exists() or not list_profiles(home):
         init_home(home)
         print(f"created a Tandem home at {home}")
     demo = Demo(home)
+    demo.check_free()
     token = _admin_token(home)
     try:
         demo.backend = ThreadingHTTPServer(("127.0.0.1", args.backend_port), _Backend)
@@ -149,6 +208,8 @@ def run(args: argparse.Namespace) -> int:
             demo.start_server(half, "AGS", {"TANDEM_GATEWAY_TOKEN": gw_token})
         key = _sample_api(api, backend_url)
         ags = demo.wait_serving("AGS")
+        ags_peer = next(demo.profile(h, "AGS") for h in ("primary", "secondary")
+                        if demo.profile(h, "AGS").name != ags.name)
         curl = f"curl -s -H 'X-API-Key: {key}' {ags.client_url}/{PROJECT}/greeting"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -167,9 +228,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"""
 Tandem demo is up (home {home}, logs in {home}/demo-logs/)
 
-  console (admin API)  {ams.client_url}/docs      token: {token}
+  console              {ams.client_url}/console   sign in with the token: {token}
+  admin API docs       {ams.client_url}/docs   (Authorization: Bearer <the token>)
   AMS URLs             {urls}
-  gateway              {ags.client_url}
+  gateway              {ags.client_url}   (after a failover: {ags_peer.client_url})
   try it               {curl}
   CLI                  tandem --home {home} api --url '{urls}' --token {token} projects list
   status               tandem --home {home} status
@@ -178,7 +240,8 @@ HA states:""")
         print("\n".join("  " + line for line in demo.states()), flush=True)
         if args.exit_after_setup:
             return 0
-        print("\nCtrl-C stops everything the demo started. Kill an active server to watch the failover.")
+        print("\nCtrl-C stops everything the demo started. Kill an active server (kill -9 <its pid>) to watch "
+              "the failover:\nits peer takes over, and its supervisor starts it again, back as Passive.", flush=True)
         last = demo.states()
         while True:
             time.sleep(0.5)

@@ -67,6 +67,19 @@ def _pidfiles(profile: Profile) -> tuple[Path, Path]:
     return profile.run_dir / "supervisor.pid", profile.run_dir / "server.pid"
 
 
+def supervised_command(home: Path, profile: Profile, db_path: str | None = None) -> list[str]:
+    """The supervisor running `profile`'s server as its child, in the foreground of whoever
+    runs it: its watchdog kills a hung server and it restarts one that died (see
+    `tandem.server.supervisor`). Its output and the server's go to its stdout.
+    `tandem server` runs it detached; `tandem demo` runs one per server as its own child."""
+    server_cmd = [sys.executable, "-m", "tandem.cli.main", "--home", str(home), "server",
+                  "--mode", profile.mode, "--profile", profile.name, "--no-background"]
+    if db_path:
+        server_cmd += ["--db-path", db_path]
+    return [sys.executable, "-m", "tandem.server.supervisor", "--pidfile", str(_pidfiles(profile)[0]),
+            "--profile", profile.name, "--watchdog-ms", str(profile.ha.WatchdogTimeout), "--", *server_cmd]
+
+
 def start_background(args: argparse.Namespace, profile: Profile) -> int:
     sup_pid_file, srv_pid_file = _pidfiles(profile)
     for path in (sup_pid_file, srv_pid_file):
@@ -77,12 +90,7 @@ def start_background(args: argparse.Namespace, profile: Profile) -> int:
                               f"-profile {profile.name.rsplit('/', 1)[0]}'")
     profile.run_dir.mkdir(parents=True, exist_ok=True)
     log_path = profile.run_dir / "server.log"
-    server_cmd = [sys.executable, "-m", "tandem.cli.main", "--home", str(args.home), "server",
-                  "--mode", profile.mode, "--profile", profile.name, "--no-background"]
-    if args.db_path:
-        server_cmd += ["--db-path", _db(args) or ""]
-    cmd = [sys.executable, "-m", "tandem.server.supervisor", "--pidfile", str(sup_pid_file),
-           "--profile", profile.name, "--watchdog-ms", str(profile.ha.WatchdogTimeout), "--", *server_cmd]
+    cmd = supervised_command(args.home, profile, _db(args) if args.db_path else None)
     with open(log_path, "ab") as logf:
         sup = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                start_new_session=True, close_fds=True)
