@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tandem.config.model import GatewaySection, HASection, Profile, ServerSection
 from tandem.store import Store, open_store
@@ -21,6 +22,7 @@ class HostStandIn:
     store: Store | None = None
     serving: bool = True
     state: str = "Standalone"  # what ha_state() answers
+    history: list[dict[str, Any]] = field(default_factory=list)  # what ha_status() answers as `history`
     metric_sources: list[Callable[[], bytes]] = field(default_factory=list)
 
     @classmethod
@@ -60,6 +62,16 @@ class HostStandIn:
 
     def ha_state(self) -> str:
         return self.state
+
+    def ha_status(self) -> dict[str, Any]:
+        """A `/ha/status` document of a server with no HA (`type` none), in the server's shape."""
+        p = self.profile
+        return {"server": p.server.Name or p.name, "profile": p.name, "mode": p.mode, "type": "none",
+                "role": p.ha.Role, "state": self.state, "serving": self.serving, "epoch": 0,
+                "lsn": self.store.last_lsn() if self.store is not None else 0,
+                "peer": {"state": None, "address": None, "lag": None, "replicated_lsn": None},
+                "lock": {"held": False, "path": None}, "isolated": False, "since": "2026-12-01T00:00:00+00:00",
+                "reason": "", "waiting_reason": None, "client_url": p.client_url, "history": list(self.history)}
 
     def add_metric_source(self, collect: Callable[[], bytes]) -> None:
         if collect not in self.metric_sources:

@@ -27,6 +27,10 @@ the passive AGS), then swapped in (in-process: one reference; workers: pushed
 to each, acknowledged), then reported as applied on the next poll.
 `stop()` stops the feed, closes the port at once and drains in-flight
 requests up to the deadline.
+
+The reporter (`reporter.py`: HA status and traffic to the AMS) runs once per
+server process from the first `prepare()` or `start()` to `close()`, whatever
+the HA state: a passive half reports too.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from tandem.ags.feed_poller import FeedPoller
 from tandem.ags.gateway import Gateway
 from tandem.ags.metrics import merge, render
 from tandem.ags.quota_book import QuotaBook
+from tandem.ags.reporter import Reporter
 from tandem.ags.settings import GatewaySettings, settings_from_profile
 from tandem.ags.workers import WorkerSet
 from tandem.errors import ServerError
@@ -68,6 +73,9 @@ class GatewayService(ClientService):
         self.workers: WorkerSet | None = None
         self.feed: FeedPoller | None = None
         self.feed_task: asyncio.Task[None] | None = None
+        self.reporter: Reporter | None = None
+        self.reporter_task: asyncio.Task[None] | None = None
+        self.draining: tuple[Gateway | None, WorkerSet | None] = (None, None)  # stopped, counts not retired yet
         self.quota: QuotaBook | None = None
         self.queue: MessageQueue | None = None
         self.revision = 0
@@ -82,7 +90,18 @@ class GatewayService(ClientService):
                 f"revision={self.revision} projects={self.projects}>")
 
     # ---- lifecycle ----
+    def sources(self) -> list[str]:
+        return [u for u in [self.server.profile.ha.PrimaryURL, *self.server.profile.ha.backup_urls] if u]
+
+    def start_reporter(self) -> None:
+        """Once per server process (never in the workers), whatever the HA state."""
+        if self.reporter_task is None:
+            self.reporter = Reporter(self.settings, self.sources(), self.server.ha_status, lambda: self.revision,
+                                     self.merged_metrics)
+            self.reporter_task = asyncio.get_running_loop().create_task(self.reporter.run())
+
     async def start(self) -> None:
+        self.start_reporter()
         self.server.add_metric_source(self.metrics_text)
         self._lock = asyncio.Lock()
         doc = self.stored_document()
@@ -121,8 +140,7 @@ class GatewayService(ClientService):
         self.revision = doc["revision"] if doc is not None else 0
         self.projects = len(doc["projects"]) if doc is not None else 0
         self.serving = True
-        sources = [u for u in [self.server.profile.ha.PrimaryURL, *self.server.profile.ha.backup_urls] if u]
-        self.feed = FeedPoller(s, sources, lambda: self.revision, self.ha_state, self.apply, self.queue_totals)
+        self.feed = FeedPoller(s, self.sources(), lambda: self.revision, self.ha_state, self.apply, self.queue_totals)
         self.feed_task = asyncio.get_running_loop().create_task(self.feed.run())
         mode = "in this process" if s.in_process else f"in {s.workers} worker processes"
         log.info("gateway serving revision %d (%d projects) on %s:%d %s; hot path %s", self.revision,
@@ -139,12 +157,15 @@ class GatewayService(ClientService):
             self.feed_task = None
         gw, ws = self.gateway, self.workers
         self.gateway = self.workers = None
+        self.draining = (gw, ws)  # still counted while they drain: the reports' deltas never go back
         if gw is not None:
             await gw.drain(drain_timeout)
             self.retired = [merge([*self.retired, gw.metrics.snapshot()])]
+            self.draining = (None, ws)
         if ws is not None:
             await ws.stop(drain_timeout)
             self.retired = [merge([*self.retired, *ws.snapshots()])]
+            self.draining = (None, None)
         book, self.quota = self.quota, None
         if book is not None:
             await book.close()
@@ -154,7 +175,9 @@ class GatewayService(ClientService):
 
     async def prepare(self) -> None:
         """Worker processes started ahead of activation (a passive's standby): a failover
-        then does not wait for N Python start-ups. They listen on nothing until start()."""
+        then does not wait for N Python start-ups. They listen on nothing until start().
+        The reporter starts here too (the first prepare of the process)."""
+        self.start_reporter()
         if self.settings.in_process or self.warm is not None:
             return
         ws = self.warm = WorkerSet(self.settings)  # claimed now: a start() meanwhile takes it over
@@ -167,6 +190,11 @@ class GatewayService(ClientService):
             await ws.stop(0)
 
     async def close(self) -> None:
+        task, self.reporter_task = self.reporter_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         warm, self.warm = self.warm, None
         if warm is not None:
             await warm.stop(0)
@@ -221,18 +249,22 @@ class GatewayService(ClientService):
         """(queued or in delivery, dead): what each feed poll reports to the AMS."""
         return self.queue.totals() if self.queue is not None else (0, 0)
 
-    # ---- metrics (HA port /metrics) ----
-    def metrics_text(self) -> bytes:
+    # ---- metrics (HA port /metrics, and the reports) ----
+    def merged_metrics(self) -> dict[str, Any]:
+        """This process's cumulative counters: retired workers, live workers, the in-process gateway."""
         snaps = list(self.retired)
-        live = 0
-        if self.gateway is not None:
-            snaps.append(self.gateway.metrics.snapshot())
-            live = 1
-        if self.workers is not None:
-            snaps.extend(self.workers.snapshots())
-            live = self.workers.live
+        for gw in (self.gateway, self.draining[0]):
+            if gw is not None:
+                snaps.append(gw.metrics.snapshot())
+        for ws in (self.workers, self.draining[1]):
+            if ws is not None:
+                snaps.extend(ws.snapshots())
+        return merge(snaps)
+
+    def metrics_text(self) -> bytes:
+        live = 1 if self.gateway is not None else self.workers.live if self.workers is not None else 0
         rejected = self.feed.rejected if self.feed is not None else 0
-        text = render(merge(snaps), self.revision, rejected, live)
+        text = render(self.merged_metrics(), self.revision, rejected, live)
         if self.queue is not None:
             text += self.queue.metrics_text().encode()
         return text

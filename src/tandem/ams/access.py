@@ -16,7 +16,9 @@ Roles (SPEC section 4), each including the ones below it:
 - `admin` may do everything (projects, imports, users, tokens, gateway tokens).
 
 `public` routes need no token (`/api/v1/health`); `gateway` routes (the config
-feed) open to gateway tokens and admins.
+feed and the gateways' reports) open to gateway tokens and admins. A gateway
+write route (`POST /gateway/report`) declares no audit action: a report is a
+gateway's telemetry, kept in memory, not a change to the configuration.
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ def check_routes(routes: Iterable[BaseRoute]) -> None:
         label = f"{','.join(sorted(methods))} {route.path}"
         if access is None:
             missing.append(f"{label}: no role declared (openapi_extra=needs(...))")
-        elif methods & WRITE_METHODS and access.need is not Need.PUBLIC and access.action is None:
+        elif methods & WRITE_METHODS and access.need not in (Need.PUBLIC, Need.GATEWAY) and access.action is None:
             missing.append(f"{label}: a write route without an audit action")
         elif (methods & WRITE_METHODS and route.path.startswith(ADMIN_WRITES)
               and access.need is not Need.ADMIN):
@@ -135,7 +137,7 @@ def refusal(principal: Principal, need: Need) -> str | None:
     if need is Need.PUBLIC:
         return None
     if principal.role is None:
-        return None if need is Need.GATEWAY else "a gateway token opens only the config feed"
+        return None if need is Need.GATEWAY else "a gateway token opens only the config feed and the gateway report"
     needed = Role(needed_role(need))
     if principal.role.allows(needed):
         return None

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tandem.ams.models import Name, Project, Strict
+from tandem.ams.models import NAME_PATTERN, Name, Project, Strict
+from tandem.ams.services.reports import LATENCY_COUNTS
 
 
 class EnvironmentRequest(Strict):
@@ -56,6 +57,10 @@ class Gateway(BaseModel):
     live: bool = Field(description="seen within the last 30 s, or in a long poll now")
     revision: int = Field(description="the environment's current revision")
     in_sync: bool
+    ha: dict[str, Any] | None = Field(None, description="the HA status of the gateway's last report (POST "
+                                                        "/gateway/report), null when none came in the last 10 s")
+    reported_at: str | None = Field(None, description="when its last report came (null: never, or not since "
+                                                      "this AMS became active)")
 
 
 class GatewayTokenRequest(Strict):
@@ -98,3 +103,127 @@ class ImportResult(BaseModel):
     gateway_tokens: int
     environments: int
     lsn: int
+
+
+# ---- gateway reports (POST /gateway/report, GET /traffic: tandem.ams.services.reports) ----
+
+ReportProjectName = Annotated[str, Field(pattern=rf"{NAME_PATTERN}|^_no_route$",
+                                         description="a project name, or `_no_route` (requests no project matched)")]
+ErrorCode = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+Count = Annotated[int, Field(ge=0, le=10**15)]
+Text = Annotated[str, Field(max_length=256)]
+
+
+class _Report(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # a newer gateway may say more: what the AMS knows is checked
+
+
+class ReportLock(_Report):
+    held: bool | None = None
+    path: str | None = Field(None, max_length=4096)
+    holder: Text | None = None
+    verified_ms_ago: float | None = None
+    in_sync: bool | None = None
+
+
+class ReportPeer(_Report):
+    state: Text | None = None
+    address: Text | None = None
+    client_address: Text | None = None
+    epoch: int | None = None
+    lag: float | None = None
+    replicated_lsn: int | None = None
+
+
+class ReportChange(_Report):
+    """One HA state change of the gateway's server."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, serialize_by_alias=True)
+    at: Text
+    from_: Text = Field(alias="from")
+    to: Text
+    epoch: int | None = None
+    reason: str = Field("", max_length=2048)
+
+
+class ReportHA(_Report):
+    """The gateway server's `/ha/status`, as much of it as the console shows."""
+
+    server: Text | None = None
+    role: Text | None = None
+    type: Text | None = None
+    mode: Text | None = None
+    state: Text | None = None
+    epoch: int | None = None
+    lsn: int | None = None
+    serving: bool | None = None
+    since: Text | None = None
+    reason: str | None = Field(None, max_length=2048)
+    waiting_reason: str | None = Field(None, max_length=2048)
+    isolated: bool | None = None
+    lock: ReportLock | None = None
+    peer: ReportPeer | None = None
+    history: list[ReportChange] = Field(default_factory=list, max_length=200)
+    client_url: str | None = Field(None, max_length=2048)
+
+
+class ReportProjectTraffic(_Report):
+    requests: Count
+    classes: dict[Literal["0xx", "1xx", "2xx", "3xx", "4xx", "5xx"], Count] = Field(default_factory=dict)
+    errors: dict[ErrorCode, Count] = Field(default_factory=dict, max_length=100,
+                                           description="the gateway's own error answers, by JSON `code`")
+    latency: list[Count] = Field(min_length=LATENCY_COUNTS, max_length=LATENCY_COUNTS,
+                                 description="requests per latency bucket (tandem.ags.metrics.BUCKETS, then above)")
+
+
+class ReportBucket(_Report):
+    start: int = Field(ge=0, multiple_of=10, description="unix seconds, a multiple of 10")
+    projects: dict[ReportProjectName, ReportProjectTraffic] = Field(default_factory=dict, max_length=2000)
+
+
+class ReportTraffic(_Report):
+    interval: Literal[10] = 10
+    buckets: list[ReportBucket] = Field(default_factory=list, max_length=40,
+                                        description="complete buckets newer than the last `known`, oldest "
+                                                    "first, then the partial current one (the newest)")
+
+
+class GatewayReport(_Report):
+    """`POST /api/v1/gateway/report`: one AGS half's HA status and traffic (docs/config-feed.md "Reports")."""
+
+    environment: Name
+    gateway: Name
+    pair: str | None = Field(None, max_length=128)
+    ha: ReportHA
+    applied: int | None = Field(None, ge=0)
+    traffic: ReportTraffic = Field(default_factory=ReportTraffic)
+
+
+class ReportAnswer(BaseModel):
+    known: int = Field(description="start of the newest complete bucket the AMS holds for this gateway (0: "
+                                   "none): the next report sends only newer ones, plus the partial one")
+
+
+class TrafficStep(BaseModel):
+    requests: int
+    rps: float
+    p50_ms: float | None = Field(description="null without requests; interpolated in the histogram bucket")
+    p99_ms: float | None
+    classes: dict[str, int]
+    errors: dict[str, int]
+
+
+class TrafficPoint(TrafficStep):
+    start: int = Field(description="unix seconds; the last point is the current, partial 10 s")
+
+
+class TrafficProject(BaseModel):
+    project: str
+    series: list[TrafficPoint]
+    totals: TrafficStep
+
+
+class Traffic(BaseModel):
+    interval: int
+    minutes: int
+    projects: list[TrafficProject]

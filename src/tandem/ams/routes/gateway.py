@@ -1,4 +1,5 @@
-"""The config feed an AGS long-polls, the gateway registry, and gateway tokens."""
+"""The config feed an AGS long-polls, the reports every AGS half posts, the gateway registry, the
+gateways' traffic, and gateway tokens."""
 
 from __future__ import annotations
 
@@ -14,9 +15,19 @@ from tandem.ams.api_errors import NOT_FOUND
 from tandem.ams.app_state import NS_CONSUMERS, now_iso
 from tandem.ams.models import NAME_PATTERN
 from tandem.ams.routes import services
-from tandem.ams.schemas import ConfigDocument, Gateway, GatewayToken, GatewayTokenRequest, IssuedGatewayToken
+from tandem.ams.schemas import (
+    ConfigDocument,
+    Gateway,
+    GatewayReport,
+    GatewayToken,
+    GatewayTokenRequest,
+    IssuedGatewayToken,
+    ReportAnswer,
+    Traffic,
+)
 from tandem.ams.services import Services
 from tandem.ams.services.environments import channel, get_env, redrive_counters
+from tandem.ams.services.reports import INTERVAL, WINDOW
 from tandem.model.document import build_document
 
 router = APIRouter(prefix="/api/v1", tags=["gateways"], responses=NOT_FOUND)
@@ -75,10 +86,31 @@ async def gateway_config(
             svc.state.poll_ended(environment, gateway)
 
 
+@router.post("/gateway/report", response_model=ReportAnswer, openapi_extra=needs(Need.GATEWAY))
+async def gateway_report(body: GatewayReport, svc: Svc) -> Any:
+    """One AGS half's HA status and traffic, about every second (docs/config-feed.md "Reports"). Kept in
+    memory only (live telemetry, not a change: no store write, no audit entry). Answers `known`."""
+    return {"known": svc.reports.receive(body.model_dump())}
+
+
+@router.get("/traffic", response_model=Traffic, openapi_extra=needs(Need.VIEWER))
+def traffic(
+    svc: Svc,
+    minutes: Annotated[int, Query(ge=1, le=WINDOW // 60, description="how far back, in minutes")] = 5,
+    project: Annotated[str | None, Query(max_length=64, description="only this project")] = None,
+    environment: Annotated[str | None, Query(pattern=NAME_PATTERN, max_length=64)] = None,
+) -> Any:
+    """Traffic per project over the last `minutes`, summed over every gateway that reported it: 10 s
+    steps (oldest first, zero-filled, the current partial step last) and totals; most requests first."""
+    return {"interval": INTERVAL, "minutes": minutes,
+            "projects": svc.reports.traffic(minutes, project=project, environment=environment)}
+
+
 @router.get("/gateways", response_model=list[Gateway], openapi_extra=needs(Need.VIEWER))
 def list_gateways(svc: Svc) -> Any:
-    """Every AGS that pulls configuration: pair, HA state, applied revision, last seen, and the queued
-    and dead messages it last reported (refreshed in the registry at least every 10 s of polling)."""
+    """Every AGS that pulls configuration or reports: pair, HA state, applied revision, last seen, the
+    queued and dead messages it last reported (refreshed in the registry at least every 10 s of polling),
+    and the HA status of its last report (`ha`, null when stale)."""
     return svc.registry.listing()
 
 

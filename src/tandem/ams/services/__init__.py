@@ -9,6 +9,7 @@ from tandem.ams.services.deployments import DeploymentService
 from tandem.ams.services.messages import MessageService
 from tandem.ams.services.projects import ProjectService
 from tandem.ams.services.registry import RegistryService
+from tandem.ams.services.reports import GatewayReports
 from tandem.ams.services.tokens import TokenService
 from tandem.ams.services.users import UserService
 
@@ -18,7 +19,8 @@ class Services:
         self.state = state
         self.projects = ProjectService(state)
         self.consumers = ConsumerService(state)
-        self.registry = RegistryService(state)
+        self.reports = GatewayReports()  # in memory: live telemetry of the gateways, never stored
+        self.registry = RegistryService(state, self.reports)
         self.deployments = DeploymentService(state, self.registry)
         self.tokens = TokenService(state)
         self.messages = MessageService(state)
@@ -26,5 +28,5 @@ class Services:
         self.audit = AuditService(state, audit_retention_days)
 
 
-__all__ = ["AuditService", "ConsumerService", "DeploymentService", "MessageService", "ProjectService", "RegistryService",
+__all__ = ["AuditService", "ConsumerService", "DeploymentService", "GatewayReports", "MessageService", "ProjectService", "RegistryService",
            "Services", "TokenService", "UserService"]

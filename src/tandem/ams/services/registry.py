@@ -12,6 +12,10 @@ seconds later while the gateway polls).
 
 A gateway is *live* when it was seen within `LIVE_WINDOW` seconds or is held
 in a long poll on this AMS right now; deployments wait for live gateways only.
+
+The listing adds what each gateway last reported (`reports.py`, in memory:
+`ha`, `reported_at`), and the gateways that report but do not poll (a
+passive AGS half), as not live.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 
 from tandem.ams.app_state import NS_GATEWAYS, AmsState, now_iso, parse_iso
 from tandem.ams.services.environments import get_env
+from tandem.ams.services.reports import GatewayReports
 from tandem.store import Op
 
 LIVE_WINDOW = 30.0
@@ -33,8 +38,9 @@ def registry_key(env: str, name: str) -> str:
 
 
 class RegistryService:
-    def __init__(self, state: AmsState) -> None:
+    def __init__(self, state: AmsState, reports: GatewayReports | None = None) -> None:
         self.state = state
+        self.reports = reports or GatewayReports()
 
     def register(self, env: str, name: str, pair: str | None, ha_state: str | None, applied: int | None,
                  queued: int | None = None, dead: int | None = None) -> None:
@@ -84,4 +90,16 @@ class RegistryService:
             live = e["name"] in self.state.polling_now(env) or now - parse_iso(e["last_seen"]) < LIVE_WINDOW
             out.append({**e, "live": live, "revision": revisions[env],
                         "in_sync": e.get("applied") == revisions[env]})
+        polled = {(e["environment"], e["name"]) for e in out}
+        for r in self.reports.gateways():  # reporting, never polling here: a passive AGS half
+            env = r["environment"]
+            if (env, r["name"]) in polled:
+                continue
+            if env not in revisions:
+                revisions[env] = int(get_env(store, env)["revision"])
+            out.append({**r, "last_seen": r["reported_at"], "queued": 0, "dead": 0,
+                        "live": False, "revision": revisions[env], "in_sync": r["applied"] == revisions[env]})
+        for e in out:
+            e["ha"] = self.reports.ha(e["environment"], e["name"])
+            e["reported_at"] = self.reports.reported_at(e["environment"], e["name"]) or e.get("reported_at")
         return out
