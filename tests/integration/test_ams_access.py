@@ -78,6 +78,9 @@ WRITES: list[tuple[str, str, Any, str]] = [
     ("POST", "/api/v1/users/someone/tokens", {"name": "t"}, "admin"),
     ("DELETE", "/api/v1/users/someone/tokens/ut_0000000000000000", None, "admin"),
     ("DELETE", "/api/v1/projects/pets", None, "admin"),
+    ("POST", "/api/v1/ha/switchover", None, "admin"),
+    ("POST", "/api/v1/session", None, "viewer"),  # public: signing in needs only the token in the body
+    ("DELETE", "/api/v1/session", None, "viewer"),
 ]
 RANK = {"viewer": 1, "operator": 2, "admin": 3}
 

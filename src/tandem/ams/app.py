@@ -12,15 +12,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Response
 from fastapi.security import HTTPBearer
 
 from tandem.ams import api_errors as errors
+from tandem.ams import console
 from tandem.ams.access import Need, check_routes, needs
 from tandem.ams.app_state import AmsState
 from tandem.ams.auth import AuthMiddleware, ensure_admin_token
 from tandem.ams.limits import AdminLimits, AdminStats, BodyLimits
-from tandem.ams.routes import config, consumers, gateway, projects, users
+from tandem.ams.routes import config, consumers, gateway, projects, session, users
 from tandem.ams.services import Services
 from tandem.ams.worker import ensure_worker
 
@@ -53,17 +54,20 @@ def create_app(server: ServiceHost) -> FastAPI:
     public = APIRouter(tags=["health"])
 
     @public.get("/api/v1/health", openapi_extra=needs(Need.PUBLIC))
-    def health() -> dict[str, Any]:
-        """Unauthenticated: is this AMS serving (load balancers prefer the HA port's /ha/active)."""
+    def health(response: Response) -> dict[str, Any]:
+        """Unauthenticated: is this AMS serving (load balancers prefer the HA port's /ha/active).
+        Readable cross-origin: the console of the peer AMS asks it to find the new active."""
+        response.headers["Access-Control-Allow-Origin"] = "*"
         return {"status": "ok", "server": server.profile.server.Name}
 
     app.include_router(public)
-    routers = (projects.router, consumers.router, gateway.router, config.router, users.router)
+    routers = (projects.router, consumers.router, gateway.router, config.router, users.router, session.router)
     for router in routers:
         app.include_router(router, dependencies=secured)
     # the routes as their routers declare them (the app's own list nests included routers)
     declared = [route for router in (public, *routers) for route in router.routes]
 
+    console.mount(app)
     check_routes(declared)  # every route declares its role: nothing is open by omission
     app.state.admin_limits, app.state.admin_stats = limits, AdminStats()
     # the last added runs first: a declared length past the limit is refused before anything else;

@@ -38,6 +38,7 @@ NS_GATEWAYS = "ams.gateways"          # "env/name" -> registry entry
 NS_GATEWAY_TOKENS = "ams.gateway-tokens"  # sha256 -> {"id", "name", "created_at"}
 NS_USERS = "ams.users"                # name -> {"name", "role", "description", "created_at"}
 NS_USER_TOKENS = "ams.user-tokens"    # sha256 -> {"id", "user", "name", "created_at", "expires_at", "last_used_at"}
+NS_SESSIONS = "ams.sessions"          # sha256(session id) -> {"user", "token", "token_id", "created_at", "expires_at"}
 
 
 def now_iso(ts: float | None = None) -> str:

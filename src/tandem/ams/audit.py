@@ -33,7 +33,7 @@ from tandem.store import Op
 NS_AUDIT = "ams.audit"  # "<at>~<hex>" -> entry
 MAX_CHANGES = 20
 # namespaces whose keys are token hashes: named by count only
-HASH_KEYED = frozenset({"ams.user-tokens", "ams.gateway-tokens"})
+HASH_KEYED = frozenset({"ams.user-tokens", "ams.gateway-tokens", "ams.sessions"})
 MARKER = "[redacted]"
 # what a Tandem secret looks like: API keys, user tokens, gateway tokens; PEM private keys
 _SECRET = re.compile(r"(?:tk|tu|tgw)_[A-Za-z0-9_\-]{8,}|-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*"

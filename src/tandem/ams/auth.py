@@ -12,6 +12,10 @@ Authentication runs as ASGI middleware, before the request body is parsed,
 so an unauthenticated request learns nothing (not even that its JSON is
 malformed). Users and their roles: `tandem.ams.services.users`; which route
 needs which role: `tandem.ams.access`. Gateway tokens open only the config feed.
+
+A request without a bearer token may carry the console's session cookie
+(`tandem.ams.services.sessions`): it acts as the session's token does now,
+and a write through it needs the session's `X-CSRF-Token`.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from tandem.ams import audit
 from tandem.ams.access import WRITE_METHODS, Need, Principal, match_route, needed_role, refusal, route_access
 from tandem.ams.api_errors import ApiError
 from tandem.ams.app_state import NS_GATEWAY_TOKENS, NS_SETTINGS, AmsState, now_iso
+from tandem.ams.services.sessions import COOKIE as SESSION_COOKIE
+from tandem.ams.services.sessions import CSRF_HEADER, SessionService, csrf_ok
 from tandem.ams.services.users import ADMIN_TOKEN_KEY, UserService, sha256_hex
 from tandem.config.tokenfile import admin_token_path
 from tandem.config.write import write_bytes_atomic
@@ -44,6 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tandem.ams.auth")
 
 ENV_ADMIN_TOKEN = "TANDEM_ADMIN_TOKEN"
+CSRF_HEADER_B = CSRF_HEADER.encode()
 
 ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
                    Awaitable[None]]
@@ -106,6 +113,18 @@ def _header(scope: dict[str, Any], wanted: bytes) -> str | None:
     return None
 
 
+def session_cookie(scope: dict[str, Any]) -> str | None:
+    """The console session id from the `tandem_session` cookie, if the request has one."""
+    value = _header(scope, b"cookie")
+    if value is None:
+        return None
+    for part in value.split(";"):
+        name, _, sid = part.strip().partition("=")
+        if name == SESSION_COOKIE and sid:
+            return sid
+    return None
+
+
 def bearer_token(scope: dict[str, Any]) -> str | None:
     value = _header(scope, b"authorization")
     if value is None:
@@ -140,12 +159,21 @@ class AuthMiddleware:
         access = route_access(route) if route is not None else None
         need = access.need if access is not None else Need.VIEWER
         token = bearer_token(scope)
+        session = session_cookie(scope) if token is None else None
         principal: Principal | None = None
         try:
             if self.state.bootstrapped != id(self.state.server.store):
                 await anyio.to_thread.run_sync(ensure_admin_token, self.state)
             if need is Need.PUBLIC:
                 pass
+            elif session is not None:
+                principal = await anyio.to_thread.run_sync(SessionService(self.state).principal, session)
+                if principal is None:
+                    raise ApiError(401, "unauthorized", "the console session ended: sign in again")
+                if scope.get("method") in WRITE_METHODS and not csrf_ok(session, _header(scope, CSRF_HEADER_B)):
+                    raise ApiError(403, "csrf_failed", "a write through the console session needs its "
+                                                       "X-CSRF-Token header (GET /api/v1/session)")
+                scope.setdefault("state", {})["session"] = session
             elif token is None:
                 raise ApiError(401, "unauthorized", "missing bearer token (Authorization: Bearer <token>)",
                                headers={"WWW-Authenticate": "Bearer"})
@@ -160,6 +188,7 @@ class AuthMiddleware:
             await _send_json(send, 503, {"code": "store_error", "message": f"the store failed: {exc}"}, {})
             return
         scope.setdefault("state", {})["principal"] = principal
+        scope["state"]["request_id"] = request_id
         ctx = None
         if principal is not None and access is not None and access.action is not None \
                 and scope.get("method") in WRITE_METHODS:

@@ -46,6 +46,10 @@ class ServiceHost(Protocol):
     def ha_status(self) -> dict[str, Any]:
         """This server's whole `/ha/status` document (state, epoch, peer, lock, history, ...)."""
 
+    async def switchover(self, requested_by: str) -> str | None:
+        """Hand the active role to the in-sync peer, as `tandem ha switchover` does: None when done,
+        else why it was refused. This server stops serving on the way (its client port drains)."""
+
     def add_metric_source(self, collect: Callable[[], bytes]) -> None:
         """Add Prometheus text to the HA port's `/metrics` (once per `collect`)."""
 

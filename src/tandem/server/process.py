@@ -107,6 +107,32 @@ class ServerProcess:
     def ha_status(self) -> dict[str, Any]:
         return self.status()
 
+    async def switchover(self, requested_by: str) -> str | None:
+        """Ask this server's own HA port to hand over, signed as `tandem ha switchover` signs (the
+        same checks apply); the refusal, or None once the handover is done."""
+        import json
+
+        import httpx
+
+        from tandem.ha.backchannel import AUTH_HEADER, OPERATOR, sign_request
+
+        status = self.status()
+        body = json.dumps({"requested_by": requested_by}).encode()
+        auth, _ = sign_request(self.profile.ha.PairSecret, "POST", "/ha/switchover", body, sender=OPERATOR,
+                               receiver=str(status.get("role")), epoch=int(status.get("epoch") or 0))
+        try:
+            async with httpx.AsyncClient(timeout=10.0, trust_env=False) as client:
+                r = await client.post(self.profile.ha_url + "/ha/switchover", content=body,
+                                      headers={AUTH_HEADER: auth, "content-type": "application/json"})
+        except httpx.HTTPError as exc:
+            return f"the HA port did not answer: {exc}"
+        if r.status_code == 200:
+            return None
+        try:
+            return str(r.json().get("error", r.text))
+        except ValueError:
+            return r.text[:200]
+
     def add_metric_source(self, collect: Callable[[], bytes]) -> None:
         if collect not in self.metric_sources:
             self.metric_sources.append(collect)

@@ -6,9 +6,11 @@ from tandem.ams.app_state import AmsState
 from tandem.ams.services.audit import AuditService
 from tandem.ams.services.consumers import ConsumerService
 from tandem.ams.services.deployments import DeploymentService
+from tandem.ams.services.ha_view import HAView
 from tandem.ams.services.messages import MessageService
 from tandem.ams.services.projects import ProjectService
 from tandem.ams.services.registry import RegistryService
+from tandem.ams.services.sessions import SessionService
 from tandem.ams.services.reports import GatewayReports
 from tandem.ams.services.tokens import TokenService
 from tandem.ams.services.users import UserService
@@ -26,7 +28,9 @@ class Services:
         self.messages = MessageService(state)
         self.users = UserService(state)
         self.audit = AuditService(state, audit_retention_days)
+        self.sessions = SessionService(state)
+        self.ha_view = HAView(state)
 
 
 __all__ = ["AuditService", "ConsumerService", "DeploymentService", "GatewayReports", "MessageService", "ProjectService", "RegistryService",
-           "Services", "TokenService", "UserService"]
+           "Services", "SessionService", "TokenService", "UserService"]

@@ -151,6 +151,12 @@ class UserService:
         raise ApiError(404, "not_found", f"user {name!r} has no token {token_id!r}")
 
     # -- authentication -----------------------------------------------------------------------
+    def token_expiry(self, digest: str) -> float | None:
+        """When the user token hashing to `digest` expires (unix time); None for never or unknown."""
+        record = self.state.store().get(NS_USER_TOKENS, digest)
+        expires = record.get("expires_at") if record is not None else None
+        return parse_iso(expires) if expires is not None else None
+
     def principal(self, digest: str) -> Principal | None:
         """The user whose token hashes to `digest`; None if there is none. Raises 401 for an expired
         token. Records the token's last use (at most once a minute; a failure there is not the caller's)."""
