@@ -10,8 +10,8 @@ from tandem.ams.services.ha_view import HAView
 from tandem.ams.services.messages import MessageService
 from tandem.ams.services.projects import ProjectService
 from tandem.ams.services.registry import RegistryService
-from tandem.ams.services.sessions import SessionService
 from tandem.ams.services.reports import GatewayReports
+from tandem.ams.services.sessions import SessionService
 from tandem.ams.services.tokens import TokenService
 from tandem.ams.services.users import UserService
 
