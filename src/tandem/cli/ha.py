@@ -65,7 +65,7 @@ def _status(base: str) -> dict[str, object] | None:
 def switchover(args: argparse.Namespace) -> int:
     prof = _profile(args)
     me = prof.ha_url
-    peer = f"http://{prof.ha.BackupHAIPAddress}:{prof.ha.BackupHAPort}"
+    peer = prof.peer_ha_url
     sts = {me: _status(me), peer: _status(peer)}
     active = [u for u, st in sts.items() if st and st.get("serving")]
     if not active:

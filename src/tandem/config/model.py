@@ -147,3 +147,8 @@ class Profile:
     @property
     def ha_url(self) -> str:
         return f"http://{self.server.HAAddress}:{self.server.HAPort}"
+
+    @property
+    def peer_ha_url(self) -> str:
+        """The other half's HA port (meaningful for a pair: validation requires its address and port)."""
+        return f"http://{self.ha.BackupHAIPAddress}:{self.ha.BackupHAPort}"

@@ -44,10 +44,8 @@ class HAView:
         self._fetching: asyncio.Lock | None = None
 
     def peer_url(self) -> str | None:
-        ha = self.state.server.profile.ha
-        if ha.Type == "none" or not ha.BackupHAPort:
-            return None
-        return f"http://{ha.BackupHAIPAddress or ha.BackupServerIp}:{ha.BackupHAPort}"
+        profile = self.state.server.profile
+        return None if profile.ha.Type == "none" else profile.peer_ha_url
 
     async def peer_status(self) -> tuple[dict[str, Any] | None, str | None]:
         """The peer's /ha/status (or None and why), at most PEER_CACHE seconds old."""

@@ -529,9 +529,7 @@ async function viewConsumers() {
       if (ev.target.classList.contains("issue")) {
         const k = await api("POST", `/api/v1/consumers/${c}/keys`);
         await viewConsumers();
-        notice(`<div class="notice" id="new-key">New key for <b>${esc(k.consumer)}</b> (shown once, only its hash is kept):
-          <span class="secret" id="new-key-value">${esc(k.key)}</span> <button type="button" id="copy-key">Copy</button></div>`);
-        $("#copy-key").addEventListener("click", () => copy(k.key, $("#copy-key")));
+        showSecret("new-key", `New key for <b>${esc(k.consumer)}</b> (shown once, only its hash is kept):`, k.key);
       } else if (ev.target.classList.contains("revoke")) {
         await api("DELETE", `/api/v1/consumers/${c}/keys/${encodeURIComponent(ev.target.dataset.key)}`);
         await viewConsumers();
@@ -543,6 +541,13 @@ async function viewConsumers() {
       $("#main").dataset.ready = location.hash;
     } catch (e) { showError(e); }
   });
+}
+
+// A secret the API shows once (a new key or token), with a copy button.
+function showSecret(id, html, secret) {
+  notice(`<div class="notice" id="${id}">${html}
+    <span class="secret" id="new-key-value">${esc(secret)}</span> <button type="button" id="copy-key">Copy</button></div>`);
+  $("#copy-key").addEventListener("click", () => copy(secret, $("#copy-key")));
 }
 
 async function copy(text, button) {
@@ -611,8 +616,7 @@ async function viewUsers() {
         <span class="muted">${t.expires_at ? `expires ${esc(t.expires_at)}` : ""} ${t.last_used_at ? `used ${esc(ago(t.last_used_at))}` : ""}</span>
         ${admin && !u.builtin ? `<button type="button" class="revoke danger" data-token="${esc(t.id)}">Revoke</button>` : ""}</div>`).join("")}</td>
       <td>${admin && !u.builtin ? `<button type="button" class="issue">Issue token</button> <button type="button" class="delete danger">Delete</button>` : ""}</td></tr>`).join("")}</table>`;
-  const shown = (who, token) => notice(`<div class="notice" id="new-token">Token for <b>${esc(who)}</b> (shown once):
-    <span class="secret" id="new-key-value">${esc(token)}</span> <button type="button" id="copy-key">Copy</button></div>`);
+  const shown = (who, token) => showSecret("new-token", `Token for <b>${esc(who)}</b> (shown once):`, token);
   const form = $("#user-form");
   if (form) form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
@@ -620,7 +624,6 @@ async function viewUsers() {
       const u = await api("POST", "/api/v1/users", { name: $("#u-name").value.trim(), role: $("#u-role").value, description: $("#u-description").value });
       await viewUsers();
       shown(u.name, u.token);
-      $("#copy-key").addEventListener("click", () => copy(u.token, $("#copy-key")));
       $("#main").dataset.ready = location.hash;
     } catch (e) { fieldErrors(form, e); }
   });
@@ -633,7 +636,6 @@ async function viewUsers() {
         const t = await api("POST", `/api/v1/users/${n}/tokens`, { name: `console-${Date.now().toString(36)}` });
         await viewUsers();
         shown(t.user, t.token);
-        $("#copy-key").addEventListener("click", () => copy(t.token, $("#copy-key")));
       } else if (ev.target.classList.contains("revoke")) {
         await api("DELETE", `/api/v1/users/${n}/tokens/${encodeURIComponent(ev.target.dataset.token)}`);
         await viewUsers();
